@@ -1,0 +1,273 @@
+// CPU kernels of the dropgrad:: ops. The noise of a stream is produced in blocks of kBlock
+// elements into a stack buffer (so it never touches memory) and consumed by the element loop.
+#include <ATen/ATen.h>
+#include <ATen/OpMathType.h>
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <vector>
+
+#include "../dropgrad_math.h"
+
+namespace {
+
+constexpr int64_t kBlock = 512;  // elements per noise buffer: 128 Philox calls, 2 KiB of floats
+constexpr int64_t kGrainBlocks = 16;
+
+struct Stream {
+  dg::NoiseParams np;
+  uint32_t k0, k1;
+};
+
+Stream make_stream(double p, int64_t mode, int64_t seed) {
+  const uint64_t s = static_cast<uint64_t>(seed);
+  return {dg::make_noise_params(mode, p), static_cast<uint32_t>(s), static_cast<uint32_t>(s >> 32)};
+}
+
+// Noise of `count` consecutive Philox counters starting at q0. Cloned for AVX2 so the
+// Philox and Box-Muller loops vectorize where the CPU allows, with one binary for all CPUs.
+__attribute__((target_clones("avx2", "default")))
+void noise_block(const dg::NoiseParams& np, uint64_t q0, int64_t count, uint32_t k0, uint32_t k1,
+                 float* out) {
+  for (int64_t j = 0; j < count; ++j) dg::noise4(np, q0 + static_cast<uint64_t>(j), k0, k1, out + 4 * j);
+}
+
+// Calls body(begin, n, noise) over [0, numel) in kBlock pieces, in parallel; noise is nullptr
+// in mode none. `offset` is the stream position of element 0 (a multiple of 4).
+template <typename Body>
+void for_each_block(int64_t numel, int64_t offset, const Stream& st, const Body& body) {
+  const int64_t nblocks = (numel + kBlock - 1) / kBlock;
+  at::parallel_for(0, nblocks, kGrainBlocks, [&](int64_t b0, int64_t b1) {
+    alignas(64) float buf[kBlock];
+    for (int64_t b = b0; b < b1; ++b) {
+      const int64_t begin = b * kBlock;
+      const int64_t n = std::min(kBlock, numel - begin);
+      if (st.np.mode != dg::kNone) {
+        noise_block(st.np, static_cast<uint64_t>(offset + begin) / 4, (n + 3) / 4, st.k0, st.k1, buf);
+      }
+      body(begin, n, st.np.mode == dg::kNone ? nullptr : buf);
+    }
+  });
+}
+
+// param - lr * (grad * n) in the op-math type; lr_vec (param's dtype) overrides lr when given.
+template <typename scalar_t>
+void update_range(const scalar_t* param, const scalar_t* grad, const scalar_t* lr_vec, double lr,
+                  scalar_t* out, int64_t n, const float* noise) {
+  using acc_t = at::opmath_type<scalar_t>;
+  const acc_t lr_s = static_cast<acc_t>(lr);
+  for (int64_t i = 0; i < n; ++i) {
+    const acc_t l = lr_vec ? static_cast<acc_t>(lr_vec[i]) : lr_s;
+    const acc_t g = noise ? static_cast<acc_t>(grad[i]) * static_cast<acc_t>(noise[i]) : static_cast<acc_t>(grad[i]);
+    out[i] = static_cast<scalar_t>(static_cast<acc_t>(param[i]) - l * g);
+  }
+}
+
+void check_floating(const at::Tensor& t, const char* name) {
+  TORCH_CHECK(t.device().is_cpu(), name, " must be a CPU tensor");
+  TORCH_CHECK(at::isFloatingType(t.scalar_type()), name, " must be a floating-point tensor");
+}
+
+// One-element lr tensors are read as a scalar; full-shape ones become an aligned contiguous array.
+struct LearningRate {
+  double scalar;
+  at::Tensor vec;
+};
+
+LearningRate resolve_lr(const c10::optional<at::Tensor>& lr_tensor, double lr, const at::Tensor& param) {
+  if (!lr_tensor.has_value() || !lr_tensor->defined()) return {lr, at::Tensor()};
+  if (lr_tensor->numel() == 1) return {lr_tensor->item<double>(), at::Tensor()};
+  TORCH_CHECK(lr_tensor->sizes() == param.sizes(), "lr must be a scalar or have param's shape");
+  TORCH_CHECK(lr_tensor->scalar_type() == param.scalar_type(), "a full-shape lr must have param's dtype");
+  return {0.0, lr_tensor->contiguous()};
+}
+
+at::Tensor philox4x32_10_cpu(const at::Tensor& counter, const at::Tensor& key) {
+  TORCH_CHECK(counter.scalar_type() == at::kLong && key.scalar_type() == at::kLong,
+              "counter and key must be int64 tensors");
+  TORCH_CHECK(counter.dim() >= 1 && counter.size(-1) == 4, "counter must have shape (..., 4)");
+  TORCH_CHECK(key.dim() >= 1 && key.size(-1) == 2, "key must have shape (..., 2)");
+  TORCH_CHECK(key.numel() / 2 == counter.numel() / 4, "key must hold one (k0, k1) pair per counter");
+  const at::Tensor c = counter.contiguous();
+  const at::Tensor k = key.contiguous();
+  at::Tensor out = at::empty_like(c);
+  const int64_t* cp = c.data_ptr<int64_t>();
+  const int64_t* kp = k.data_ptr<int64_t>();
+  int64_t* op = out.data_ptr<int64_t>();
+  at::parallel_for(0, c.numel() / 4, 1024, [&](int64_t b, int64_t e) {
+    for (int64_t i = b; i < e; ++i) {
+      uint32_t w[4];
+      for (int j = 0; j < 4; ++j) w[j] = static_cast<uint32_t>(cp[4 * i + j]);
+      dg::philox4x32_10(w, static_cast<uint32_t>(kp[2 * i]), static_cast<uint32_t>(kp[2 * i + 1]));
+      for (int j = 0; j < 4; ++j) op[4 * i + j] = static_cast<int64_t>(w[j]);
+    }
+  });
+  return out;
+}
+
+at::Tensor noise_cpu(const at::Tensor& like, double p, int64_t mode, int64_t seed, int64_t offset) {
+  at::Tensor out = at::empty(like.sizes(), like.options().dtype(at::kFloat).memory_format(at::MemoryFormat::Contiguous));
+  float* o = out.data_ptr<float>();
+  const Stream st = make_stream(p, mode, seed);
+  if (st.np.mode == dg::kNone) return out.fill_(1.0f);
+  for_each_block(out.numel(), offset, st, [&](int64_t begin, int64_t n, const float* nz) {
+    std::copy(nz, nz + n, o + begin);
+  });
+  return out;
+}
+
+at::Tensor drop_grad_cpu(const at::Tensor& grad, double p, int64_t mode, int64_t seed, int64_t offset) {
+  check_floating(grad, "grad");
+  const at::Tensor g = grad.contiguous();
+  at::Tensor out = at::empty_like(g);
+  const Stream st = make_stream(p, mode, seed);
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, g.scalar_type(), "drop_grad", [&] {
+    using acc_t = at::opmath_type<scalar_t>;
+    const scalar_t* gp = g.data_ptr<scalar_t>();
+    scalar_t* op = out.data_ptr<scalar_t>();
+    for_each_block(g.numel(), offset, st, [&](int64_t begin, int64_t n, const float* nz) {
+      for (int64_t i = 0; i < n; ++i) {
+        const acc_t v = static_cast<acc_t>(gp[begin + i]);
+        op[begin + i] = static_cast<scalar_t>(nz ? v * static_cast<acc_t>(nz[i]) : v);
+      }
+    });
+  });
+  return out;
+}
+
+at::Tensor dropgrad_update_cpu(const at::Tensor& param, const at::Tensor& grad,
+                               const c10::optional<at::Tensor>& lr_tensor, double lr, double p,
+                               int64_t mode, int64_t seed, int64_t offset) {
+  check_floating(param, "param");
+  check_floating(grad, "grad");
+  TORCH_CHECK(param.sizes() == grad.sizes() && param.scalar_type() == grad.scalar_type(),
+              "param and grad must have the same shape and dtype");
+  const at::Tensor pc = param.contiguous();
+  const at::Tensor gc = grad.contiguous();
+  const LearningRate l = resolve_lr(lr_tensor, lr, param);
+  at::Tensor out = at::empty_like(pc);
+  const Stream st = make_stream(p, mode, seed);
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, pc.scalar_type(), "dropgrad_update", [&] {
+    const scalar_t* pp = pc.data_ptr<scalar_t>();
+    const scalar_t* gp = gc.data_ptr<scalar_t>();
+    const scalar_t* lp = l.vec.defined() ? l.vec.data_ptr<scalar_t>() : nullptr;
+    scalar_t* op = out.data_ptr<scalar_t>();
+    for_each_block(pc.numel(), offset, st, [&](int64_t b, int64_t n, const float* nz) {
+      update_range(pp + b, gp + b, lp ? lp + b : nullptr, l.scalar, op + b, n, nz);
+    });
+  });
+  return out;
+}
+
+// The whole list in one parallel region: blocks of all tensors are numbered consecutively and
+// each worker finds its tensor by binary search. Tensor k's stream starts where tensor k-1's
+// ends, rounded up to a multiple of 4.
+std::vector<at::Tensor> dropgrad_step_cpu(at::TensorList params, at::TensorList grads, at::TensorList lrs,
+                                          double lr, double p, int64_t mode, int64_t seed, int64_t offset) {
+  const size_t nt = params.size();
+  TORCH_CHECK(grads.size() == nt, "params and grads must have the same length");
+  TORCH_CHECK(lrs.empty() || lrs.size() == nt, "lrs must be empty or have one entry per param");
+  std::vector<at::Tensor> pc(nt), gc(nt), out(nt);
+  std::vector<LearningRate> lv(nt);
+  std::vector<int64_t> first_block(nt + 1, 0), offsets(nt);
+  int64_t stream = offset;
+  for (size_t k = 0; k < nt; ++k) {
+    check_floating(params[k], "params");
+    TORCH_CHECK(params[k].sizes() == grads[k].sizes() && params[k].scalar_type() == grads[k].scalar_type(),
+                "params[", k, "] and grads[", k, "] must have the same shape and dtype");
+    pc[k] = params[k].contiguous();
+    gc[k] = grads[k].contiguous();
+    lv[k] = resolve_lr(lrs.empty() ? c10::optional<at::Tensor>() : c10::optional<at::Tensor>(lrs[k]), lr, params[k]);
+    out[k] = at::empty_like(pc[k]);
+    offsets[k] = stream;
+    stream += (pc[k].numel() + 3) / 4 * 4;
+    first_block[k + 1] = first_block[k] + (pc[k].numel() + kBlock - 1) / kBlock;
+  }
+  const Stream st = make_stream(p, mode, seed);
+  at::parallel_for(0, first_block[nt], kGrainBlocks, [&](int64_t b0, int64_t b1) {
+    alignas(64) float buf[kBlock];
+    for (int64_t b = b0; b < b1; ++b) {
+      const size_t k = std::upper_bound(first_block.begin(), first_block.end(), b) - first_block.begin() - 1;
+      const int64_t begin = (b - first_block[k]) * kBlock;
+      const int64_t n = std::min(kBlock, pc[k].numel() - begin);
+      const float* nz = nullptr;
+      if (st.np.mode != dg::kNone) {
+        noise_block(st.np, static_cast<uint64_t>(offsets[k] + begin) / 4, (n + 3) / 4, st.k0, st.k1, buf);
+        nz = buf;
+      }
+      AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, pc[k].scalar_type(), "dropgrad_step", [&] {
+        const scalar_t* lp = lv[k].vec.defined() ? lv[k].vec.data_ptr<scalar_t>() + begin : nullptr;
+        update_range(pc[k].data_ptr<scalar_t>() + begin, gc[k].data_ptr<scalar_t>() + begin, lp, lv[k].scalar,
+                     out[k].data_ptr<scalar_t>() + begin, n, nz);
+      });
+    }
+  });
+  return out;
+}
+
+at::Tensor meta_dropout_cpu(const at::Tensor& f, const at::Tensor& a, bool deterministic, int64_t seed,
+                            int64_t offset) {
+  check_floating(f, "f");
+  check_floating(a, "a");
+  TORCH_CHECK(f.sizes() == a.sizes() && f.scalar_type() == a.scalar_type(), "f and a must have the same shape and dtype");
+  const at::Tensor fc = f.contiguous();
+  const at::Tensor ac = a.contiguous();
+  at::Tensor out = at::empty_like(fc);
+  const Stream st = make_stream(0.0, deterministic ? dg::kNone : dg::kNormal, seed);
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, fc.scalar_type(), "meta_dropout", [&] {
+    using acc_t = at::opmath_type<scalar_t>;
+    const scalar_t* fp = fc.data_ptr<scalar_t>();
+    const scalar_t* ap = ac.data_ptr<scalar_t>();
+    scalar_t* op = out.data_ptr<scalar_t>();
+    for_each_block(fc.numel(), offset, st, [&](int64_t b, int64_t n, const float* nz) {
+      for (int64_t i = b; i < b + n; ++i) {
+        const acc_t z = static_cast<acc_t>(ap[i]) + (nz ? static_cast<acc_t>(nz[i - b]) : acc_t(0));
+        op[i] = static_cast<scalar_t>(static_cast<acc_t>(fp[i]) * dg::softplus(z));
+      }
+    });
+  });
+  return out;
+}
+
+std::tuple<at::Tensor, at::Tensor> meta_dropout_backward_cpu(const at::Tensor& grad_out, const at::Tensor& f,
+                                                             const at::Tensor& a, bool deterministic, int64_t seed,
+                                                             int64_t offset) {
+  check_floating(grad_out, "grad_out");
+  TORCH_CHECK(grad_out.sizes() == f.sizes() && f.sizes() == a.sizes(), "grad_out, f and a must have the same shape");
+  const at::Tensor gc = grad_out.contiguous().to(f.scalar_type());
+  const at::Tensor fc = f.contiguous();
+  const at::Tensor ac = a.contiguous();
+  at::Tensor gf = at::empty_like(fc);
+  at::Tensor ga = at::empty_like(fc);
+  const Stream st = make_stream(0.0, deterministic ? dg::kNone : dg::kNormal, seed);
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, fc.scalar_type(), "meta_dropout_backward", [&] {
+    using acc_t = at::opmath_type<scalar_t>;
+    const scalar_t* gp = gc.data_ptr<scalar_t>();
+    const scalar_t* fp = fc.data_ptr<scalar_t>();
+    const scalar_t* ap = ac.data_ptr<scalar_t>();
+    scalar_t* gfp = gf.data_ptr<scalar_t>();
+    scalar_t* gap = ga.data_ptr<scalar_t>();
+    for_each_block(fc.numel(), offset, st, [&](int64_t b, int64_t n, const float* nz) {
+      for (int64_t i = b; i < b + n; ++i) {
+        const acc_t z = static_cast<acc_t>(ap[i]) + (nz ? static_cast<acc_t>(nz[i - b]) : acc_t(0));
+        const acc_t g = static_cast<acc_t>(gp[i]);
+        gfp[i] = static_cast<scalar_t>(g * dg::softplus(z));
+        gap[i] = static_cast<scalar_t>((g * static_cast<acc_t>(fp[i])) * dg::softplus_grad(z));
+      }
+    });
+  });
+  return {gf, ga};
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(dropgrad, CPU, m) {
+  m.impl("philox4x32_10", &philox4x32_10_cpu);
+  m.impl("noise", &noise_cpu);
+  m.impl("drop_grad", &drop_grad_cpu);
+  m.impl("dropgrad_update", &dropgrad_update_cpu);
+  m.impl("dropgrad_step", &dropgrad_step_cpu);
+  m.impl("meta_dropout", &meta_dropout_cpu);
+  m.impl("meta_dropout_backward", &meta_dropout_backward_cpu);
+}

@@ -1,0 +1,167 @@
+// Per-element math of the noise contract (docs/noise_contract.md), shared unchanged by the CPU
+// kernels (csrc/cpu) and the CUDA kernels (csrc/cuda). dropgrad_cuda/reference.py and the Triton
+// kernels spell out the same operations in the same order, so every backend agrees bit for bit
+// as long as no multiply-add is contracted into an FMA (built with -ffp-contract=off / --fmad=false).
+#pragma once
+#include <cstdint>
+#include <cmath>
+
+#if defined(__CUDACC__)
+#define DG_HD __host__ __device__ __forceinline__
+#else
+#define DG_HD inline
+#endif
+
+namespace dg {
+
+// Noise modes as the ops' schemas pass them.
+enum Mode : int64_t { kNone = 0, kBernoulli = 1, kGaussian = 2, kNormal = 3 };
+
+// Philox4x32-10 exactly as triton/language/random.py:philox_impl.
+DG_HD void philox4x32_10(uint32_t c[4], uint32_t k0, uint32_t k1) {
+  for (int r = 0; r < 10; ++r) {
+    const uint64_t pb = static_cast<uint64_t>(0xCD9E8D57u) * c[2];
+    const uint64_t pa = static_cast<uint64_t>(0xD2511F53u) * c[0];
+    const uint32_t n0 = static_cast<uint32_t>(pb >> 32) ^ c[1] ^ k0;
+    const uint32_t n2 = static_cast<uint32_t>(pa >> 32) ^ c[3] ^ k1;
+    c[1] = static_cast<uint32_t>(pb);
+    c[3] = static_cast<uint32_t>(pa);
+    c[0] = n0;
+    c[2] = n2;
+    k0 += 0x9E3779B9u;
+    k1 += 0xBB67AE85u;
+  }
+}
+
+// Triton's uint_to_uniform_float: [0, 1) from the int32 view of a word.
+DG_HD float uniform(uint32_t w) {
+  int32_t x = static_cast<int32_t>(w);
+  x = x < 0 ? ~x : x;
+  return static_cast<float>(x) * static_cast<float>(4.6566127342e-10);
+}
+
+DG_HD float bits_to_float(uint32_t b) {
+#if defined(__CUDACC__)
+  return __uint_as_float(b);
+#else
+  float f;
+  __builtin_memcpy(&f, &b, 4);
+  return f;
+#endif
+}
+
+DG_HD uint32_t float_to_bits(float f) {
+#if defined(__CUDACC__)
+  return __float_as_uint(f);
+#else
+  uint32_t b;
+  __builtin_memcpy(&b, &f, 4);
+  return b;
+#endif
+}
+
+// Cephes logf for normal positive x, branch-free so loops of it vectorize. Part of the contract:
+// libm's logf differs between platforms, this polynomial does not.
+DG_HD float log_f(float x) {
+  const uint32_t b = float_to_bits(x);
+  float e = static_cast<float>(static_cast<int32_t>((b >> 23) & 0xffu) - 126);
+  float m = bits_to_float((b & 0x807fffffu) | 0x3f000000u);  // x = m * 2^e, m in [0.5, 1)
+  const bool small = m < static_cast<float>(0.707106781186547524);
+  e = small ? e - 1.0f : e;
+  m = small ? (m + m) - 1.0f : m - 1.0f;
+  const float z = m * m;
+  float y = static_cast<float>(7.0376836292E-2);
+  y = y * m + static_cast<float>(-1.1514610310E-1);
+  y = y * m + static_cast<float>(1.1676998740E-1);
+  y = y * m + static_cast<float>(-1.2420140846E-1);
+  y = y * m + static_cast<float>(1.4249322787E-1);
+  y = y * m + static_cast<float>(-1.6668057665E-1);
+  y = y * m + static_cast<float>(2.0000714765E-1);
+  y = y * m + static_cast<float>(-2.4999993993E-1);
+  y = y * m + static_cast<float>(3.3333331174E-1);
+  y = y * m * z;
+  y = y + e * static_cast<float>(-2.12194440E-4);
+  y = y + z * -0.5f;
+  return (m + y) + e * 0.693359375f;
+}
+
+// Cephes sinf/cosf polynomials after a Cody-Waite reduction by pi/2, for t in [0, 2*pi].
+DG_HD void sincos_f(float t, float* s, float* c) {
+  const float j = static_cast<float>(static_cast<int32_t>(t * static_cast<float>(0.636619772367581343) + 0.5f));
+  float y = t - j * 1.5703125f;
+  y = y - j * static_cast<float>(4.837512969970703125E-4);
+  y = y - j * static_cast<float>(7.54978995489188216E-8);
+  const float z = y * y;
+  float ps = static_cast<float>(-1.9515295891E-4);
+  ps = ps * z + static_cast<float>(8.3321608736E-3);
+  ps = ps * z + static_cast<float>(-1.6666654611E-1);
+  const float sy = y + (y * z) * ps;
+  float pc = static_cast<float>(2.443315711809948E-5);
+  pc = pc * z + static_cast<float>(-1.388731625493765E-3);
+  pc = pc * z + static_cast<float>(4.166664568298827E-2);
+  const float cy = (1.0f - z * 0.5f) + (z * z) * pc;
+  const int32_t q = static_cast<int32_t>(j) & 3;
+  const float sv = (q & 1) ? cy : sy;
+  const float cv = (q & 1) ? sy : cy;
+  *s = (q & 2) ? -sv : sv;
+  *c = ((q + 1) & 2) ? -cv : cv;
+}
+
+// Box-Muller on one word pair: the even element gets r*cos, the odd one r*sin.
+DG_HD void box_muller(uint32_t w_even, uint32_t w_odd, float* z_even, float* z_odd) {
+  const float u1 = fmaxf(1e-7f, uniform(w_even));
+  const float th = static_cast<float>(6.283185307179586) * uniform(w_odd);
+  const float r = sqrtf(log_f(u1) * -2.0f);
+  float s, c;
+  sincos_f(th, &s, &c);
+  *z_even = r * c;
+  *z_odd = r * s;
+}
+
+// Host-side constants of a (mode, p) pair, rounded to float32 once so every backend uses the same.
+struct NoiseParams {
+  int64_t mode;
+  float p;      // Bernoulli keeps where uniform > p
+  float scale;  // Bernoulli 1/(1-p)
+  float sigma;  // Gaussian sqrt(p/(1-p))
+};
+
+inline NoiseParams make_noise_params(int64_t mode, double p) {
+  NoiseParams np;
+  np.mode = (p == 0.0 && mode != kNormal) ? kNone : mode;
+  np.p = static_cast<float>(p);
+  np.scale = static_cast<float>(1.0 / (1.0 - p));
+  np.sigma = static_cast<float>(std::sqrt(p / (1.0 - p)));
+  return np;
+}
+
+// The four noise values of Philox counter q (elements 4q .. 4q+3 of the stream).
+DG_HD void noise4(const NoiseParams& np, uint64_t q, uint32_t k0, uint32_t k1, float n[4]) {
+  uint32_t c[4] = {static_cast<uint32_t>(q), static_cast<uint32_t>(q >> 32), 0u, 0u};
+  philox4x32_10(c, k0, k1);
+  if (np.mode == kBernoulli) {
+    for (int i = 0; i < 4; ++i) n[i] = uniform(c[i]) > np.p ? np.scale : 0.0f;
+  } else {
+    box_muller(c[0], c[1], &n[0], &n[1]);
+    box_muller(c[2], c[3], &n[2], &n[3]);
+    if (np.mode == kGaussian) {
+      for (int i = 0; i < 4; ++i) n[i] = 1.0f + np.sigma * n[i];
+    }
+  }
+}
+
+// PyTorch's softplus (beta 1, threshold 20) and its derivative, in the compute type T.
+template <typename T>
+DG_HD T softplus(T z) {
+  using std::exp;
+  using std::log1p;
+  return z > T(20) ? z : log1p(exp(z));
+}
+
+template <typename T>
+DG_HD T softplus_grad(T z) {
+  using std::exp;
+  return z > T(20) ? T(1) : T(1) / (T(1) + exp(-z));
+}
+
+}  // namespace dg

@@ -1,0 +1,29 @@
+// Schemas of the dropgrad:: ops, written once; kernels register per dispatch key in csrc/cpu and
+// csrc/cuda, autograd and fake (meta) implementations in dropgrad_cuda/_autograd.py.
+// mode: 0 none, 1 bernoulli, 2 gaussian, 3 normal (raw N(0,1), the meta-dropout epsilon).
+#include <Python.h>
+#include <torch/library.h>
+
+extern "C" {
+// Importing dropgrad_cuda._C loads this library and so runs the registrations below.
+PyObject* PyInit__C(void) {
+  static struct PyModuleDef module_def = {PyModuleDef_HEAD_INIT, "_C", nullptr, -1, nullptr};
+  return PyModule_Create(&module_def);
+}
+}
+
+TORCH_LIBRARY(dropgrad, m) {
+  m.def("philox4x32_10(Tensor counter, Tensor key) -> Tensor");
+  m.def("noise(Tensor like, float p, int mode, int seed, int offset) -> Tensor");
+  m.def("drop_grad(Tensor grad, float p, int mode, int seed, int offset) -> Tensor");
+  m.def(
+      "dropgrad_update(Tensor param, Tensor grad, Tensor? lr_tensor, float lr, float p, int mode, "
+      "int seed, int offset) -> Tensor");
+  m.def(
+      "dropgrad_step(Tensor[] params, Tensor[] grads, Tensor[] lrs, float lr, float p, int mode, "
+      "int seed, int offset) -> Tensor[]");
+  m.def("meta_dropout(Tensor f, Tensor a, bool deterministic, int seed, int offset) -> Tensor");
+  m.def(
+      "meta_dropout_backward(Tensor grad_out, Tensor f, Tensor a, bool deterministic, int seed, "
+      "int offset) -> (Tensor, Tensor)");
+}
