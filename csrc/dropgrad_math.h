@@ -67,8 +67,8 @@ DG_HD float log_f(float x) {
   float e = static_cast<float>(static_cast<int32_t>((b >> 23) & 0xffu) - 126);
   float m = bits_to_float((b & 0x807fffffu) | 0x3f000000u);  // x = m * 2^e, m in [0.5, 1)
   const bool small = m < static_cast<float>(0.707106781186547524);
-  e = small ? e - 1.0f : e;
-  m = small ? (m + m) - 1.0f : m - 1.0f;
+  e = e - (small ? 1.0f : 0.0f);  // selects, not branches, so GCC if-converts and vectorizes
+  m = (small ? m + m : m) - 1.0f;
   const float z = m * m;
   float y = static_cast<float>(7.0376836292E-2);
   y = y * m + static_cast<float>(-1.1514610310E-1);
@@ -109,7 +109,8 @@ DG_HD void sincos_f(float t, float* s, float* c) {
 
 // Box-Muller on one word pair: the even element gets r*cos, the odd one r*sin.
 DG_HD void box_muller(uint32_t w_even, uint32_t w_odd, float* z_even, float* z_odd) {
-  const float u1 = fmaxf(1e-7f, uniform(w_even));
+  float u1 = uniform(w_even);
+  u1 = u1 < 1e-7f ? 1e-7f : u1;
   const float th = static_cast<float>(6.283185307179586) * uniform(w_odd);
   const float r = sqrtf(log_f(u1) * -2.0f);
   float s, c;
@@ -135,18 +136,39 @@ inline NoiseParams make_noise_params(int64_t mode, double p) {
   return np;
 }
 
-// The four noise values of Philox counter q (elements 4q .. 4q+3 of the stream).
-DG_HD void noise4(const NoiseParams& np, uint64_t q, uint32_t k0, uint32_t k1, float n[4]) {
-  uint32_t c[4] = {static_cast<uint32_t>(q), static_cast<uint32_t>(q >> 32), 0u, 0u};
+// The four words of Philox counter q: stream elements 4q .. 4q+3.
+DG_HD void words4(uint64_t q, uint32_t k0, uint32_t k1, uint32_t c[4]) {
+  c[0] = static_cast<uint32_t>(q);
+  c[1] = static_cast<uint32_t>(q >> 32);
+  c[2] = 0u;
+  c[3] = 0u;
   philox4x32_10(c, k0, k1);
+}
+
+// Noise of four words, one function per mode so a loop over counters has no branch in its body.
+DG_HD void bernoulli4(const NoiseParams& np, const uint32_t c[4], float n[4]) {
+  for (int i = 0; i < 4; ++i) n[i] = uniform(c[i]) > np.p ? np.scale : 0.0f;
+}
+
+DG_HD void normal4(const uint32_t c[4], float n[4]) {
+  box_muller(c[0], c[1], &n[0], &n[1]);
+  box_muller(c[2], c[3], &n[2], &n[3]);
+}
+
+DG_HD void gaussian4(const NoiseParams& np, const uint32_t c[4], float n[4]) {
+  normal4(c, n);
+  for (int i = 0; i < 4; ++i) n[i] = 1.0f + np.sigma * n[i];
+}
+
+DG_HD void noise4(const NoiseParams& np, uint64_t q, uint32_t k0, uint32_t k1, float n[4]) {
+  uint32_t c[4];
+  words4(q, k0, k1, c);
   if (np.mode == kBernoulli) {
-    for (int i = 0; i < 4; ++i) n[i] = uniform(c[i]) > np.p ? np.scale : 0.0f;
+    bernoulli4(np, c, n);
+  } else if (np.mode == kGaussian) {
+    gaussian4(np, c, n);
   } else {
-    box_muller(c[0], c[1], &n[0], &n[1]);
-    box_muller(c[2], c[3], &n[2], &n[3]);
-    if (np.mode == kGaussian) {
-      for (int i = 0; i < 4; ++i) n[i] = 1.0f + np.sigma * n[i];
-    }
+    normal4(c, n);
   }
 }
 

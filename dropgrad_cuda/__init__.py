@@ -1,3 +1,11 @@
-import torch  # loads libc10/libtorch before the extension needs them
+"""Fused, exactly reproducible kernels for the regularizers of MAML-style meta-learning:
+DropGrad (noisy inner updates), Meta-Dropout (learned multiplicative feature noise) and CML."""
+import torch  # loads libtorch before the extension that links against it
 
-from . import _C  # noqa: F401  registers the dropgrad:: ops
+from . import _C  # noqa: F401  registers the dropgrad:: ops and their CPU (and CUDA) kernels
+from . import reference
+from .ops import (BACKENDS, cuda_kernels_built, drop_grad, dropgrad_step, dropgrad_update, meta_dropout,
+                  philox4x32_10)
+
+__all__ = ["BACKENDS", "cuda_kernels_built", "drop_grad", "dropgrad_step", "dropgrad_update", "meta_dropout",
+           "philox4x32_10", "reference"]

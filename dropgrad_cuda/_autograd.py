@@ -1,0 +1,147 @@
+"""Autograd and fake (meta) implementations of the ops, written once for any namespace of kernels.
+
+`register(ns)` takes a torch.ops namespace whose ops follow the schemas of csrc/ops.cpp
+(torch.ops.dropgrad for the C++ CPU/CUDA kernels, torch.ops.dropgrad_triton for Triton) and
+expresses every backward through that same namespace's ops, so backward regenerates the noise
+from (seed, offset) instead of saving it, and each backward is itself differentiable.
+"""
+import torch
+import torch.nn.functional as F
+
+from .reference import MODES, stream_offsets
+
+NORMAL = MODES["normal"]
+
+
+def _reduce_like(g, like):
+    return g.sum().reshape(like.shape).to(like.dtype) if g.shape != like.shape else g.to(like.dtype)
+
+
+def register(ns, qualname_prefix):
+    def q(name):
+        return f"{qualname_prefix}::{name}"
+
+    # ---- fake implementations: shapes and dtypes only, for torch.compile and opcheck ----
+    @torch.library.register_fake(q("philox4x32_10"))
+    def _(counter, key):
+        return torch.empty_like(counter)
+
+    @torch.library.register_fake(q("noise"))
+    def _(like, p, mode, seed, offset):
+        return torch.empty(like.shape, dtype=torch.float32, device=like.device)
+
+    @torch.library.register_fake(q("drop_grad"))
+    def _(grad, p, mode, seed, offset):
+        return torch.empty_like(grad, memory_format=torch.contiguous_format)
+
+    @torch.library.register_fake(q("dropgrad_update"))
+    def _(param, grad, lr_tensor, lr, p, mode, seed, offset):
+        return torch.empty_like(param, memory_format=torch.contiguous_format)
+
+    @torch.library.register_fake(q("dropgrad_step"))
+    def _(params, grads, lrs, lr, p, mode, seed, offset):
+        return [torch.empty_like(w, memory_format=torch.contiguous_format) for w in params]
+
+    @torch.library.register_fake(q("meta_dropout"))
+    def _(f, a, deterministic, seed, offset):
+        return torch.empty_like(f, memory_format=torch.contiguous_format)
+
+    @torch.library.register_fake(q("meta_dropout_backward"))
+    def _(grad_out, f, a, deterministic, seed, offset):
+        return (torch.empty_like(f, memory_format=torch.contiguous_format),
+                torch.empty_like(f, memory_format=torch.contiguous_format))
+
+    # ---- drop_grad: linear in grad, so its backward is itself with the same stream ----
+    def drop_grad_setup(ctx, inputs, output):
+        _, ctx.p, ctx.mode, ctx.seed, ctx.offset = inputs
+
+    def drop_grad_backward(ctx, gout):
+        return ns.drop_grad(gout, ctx.p, ctx.mode, ctx.seed, ctx.offset), None, None, None, None
+
+    torch.library.register_autograd(q("drop_grad"), drop_grad_backward, setup_context=drop_grad_setup)
+
+    # ---- dropgrad_update: d/dparam = 1, d/dgrad = -lr * n, d/dlr = -(grad * n) ----
+    def update_grads(gout, grad, lr_tensor, lr, p, mode, seed, offset, needs):
+        l = lr_tensor if lr_tensor is not None else lr
+        d_param = gout if needs[0] else None
+        d_grad = ns.drop_grad(gout, p, mode, seed, offset) * -l if needs[1] else None
+        d_lr = None
+        if lr_tensor is not None and needs[2]:
+            d_lr = _reduce_like(-(ns.drop_grad(grad, p, mode, seed, offset) * gout), lr_tensor)
+        return d_param, d_grad, d_lr
+
+    def update_setup(ctx, inputs, output):
+        _, grad, lr_tensor, ctx.lr, ctx.p, ctx.mode, ctx.seed, ctx.offset = inputs
+        # Only inputs are saved (grad only when the lr gradient needs it), never the noise.
+        lr_needs = lr_tensor is not None and lr_tensor.requires_grad
+        ctx.save_for_backward(grad if lr_needs else None, lr_tensor)
+
+    def update_backward(ctx, gout):
+        grad, lr_tensor = ctx.saved_tensors
+        d = update_grads(gout, grad, lr_tensor, ctx.lr, ctx.p, ctx.mode, ctx.seed, ctx.offset, ctx.needs_input_grad)
+        return (*d, None, None, None, None, None)
+
+    torch.library.register_autograd(q("dropgrad_update"), update_backward, setup_context=update_setup)
+
+    # ---- dropgrad_step: the same per tensor, each on its slice of the stream ----
+    def step_setup(ctx, inputs, output):
+        params, grads, lrs, ctx.lr, ctx.p, ctx.mode, ctx.seed, ctx.offset = inputs
+        ctx.numels = [w.numel() for w in params]
+        ctx.n = len(params)
+        ctx.has_lrs = len(lrs) > 0
+        lr_needs = ctx.has_lrs and any(l.requires_grad for l in lrs)
+        ctx.save_for_backward(*(grads if lr_needs else [None] * ctx.n), *lrs)
+
+    def step_backward(ctx, gouts):
+        saved = ctx.saved_tensors
+        grads, lrs = saved[: ctx.n], (saved[ctx.n:] if ctx.has_lrs else [None] * ctx.n)
+        need_p, need_g, need_l = ctx.needs_input_grad[:3]
+        d_params, d_grads, d_lrs = [], [], []
+        for k, o in enumerate(stream_offsets(ctx.numels, ctx.offset)):
+            if gouts[k] is None:  # this output took no part in the loss
+                d = (None, None, None)
+            else:
+                d = update_grads(gouts[k], grads[k], lrs[k], ctx.lr, ctx.p, ctx.mode, ctx.seed, o,
+                                 (need_p, need_g, need_l and lrs[k] is not None and lrs[k].requires_grad))
+            d_params.append(d[0])
+            d_grads.append(d[1])
+            d_lrs.append(d[2])
+        return (d_params if need_p else None, d_grads if need_g else None,
+                d_lrs if need_l and ctx.has_lrs else None, None, None, None, None, None)
+
+    torch.library.register_autograd(q("dropgrad_step"), step_backward, setup_context=step_setup)
+
+    # ---- meta_dropout: a fused backward op that regenerates eps; saves only f and a ----
+    def md_setup(ctx, inputs, output):
+        f, a, ctx.det, ctx.seed, ctx.offset = inputs
+        ctx.save_for_backward(f, a)
+
+    def md_backward(ctx, gout):
+        f, a = ctx.saved_tensors
+        gf, ga = ns.meta_dropout_backward(gout, f, a, ctx.det, ctx.seed, ctx.offset)
+        return gf, ga, None, None, None
+
+    torch.library.register_autograd(q("meta_dropout"), md_backward, setup_context=md_setup)
+
+    # The backward's own derivative, for second-order MAML: composite ops on z = a + eps, with
+    # eps regenerated (materialized only here), so every further order is PyTorch's autograd.
+    def mdb_setup(ctx, inputs, output):
+        gout, f, a, ctx.det, ctx.seed, ctx.offset = inputs
+        ctx.save_for_backward(gout, f, a)
+
+    def mdb_backward(ctx, ggf, gga):
+        gout, f, a = ctx.saved_tensors
+        z = a if ctx.det else a + ns.noise(a, 0.0, NORMAL, ctx.seed, ctx.offset).to(a.dtype)
+        s = torch.where(z > 20, torch.ones_like(z), torch.sigmoid(z))  # softplus' derivative, as PyTorch's
+        ds = torch.where(z > 20, torch.zeros_like(z), s * (1 - s))
+        d_gout = d_f = d_a = None
+        if ggf is not None:
+            d_gout = ggf * F.softplus(z)
+            d_a = ggf * gout * s
+        if gga is not None:
+            d_gout = gga * f * s if d_gout is None else d_gout + gga * f * s
+            d_f = gga * gout * s
+            d_a = gga * gout * f * ds if d_a is None else d_a + gga * gout * f * ds
+        return d_gout, d_f, d_a, None, None, None
+
+    torch.library.register_autograd(q("meta_dropout_backward"), mdb_backward, setup_context=mdb_setup)

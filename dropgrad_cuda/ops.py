@@ -1,0 +1,227 @@
+"""The public ops: argument checks, seeds, and the choice of backend. Autograd lives with the ops
+themselves (_autograd.py), so every backend's kernels are differentiable to any order."""
+import math
+import numbers
+import os
+
+import torch
+
+from . import _autograd, reference
+from .reference import MODES
+
+BACKENDS = ("auto", "cpu", "cuda", "triton", "reference")
+_FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+_SEED_MOD = 1 << 64
+
+_autograd.register(torch.ops.dropgrad, "dropgrad")
+
+
+def cuda_kernels_built():
+    return torch._C._dispatch_has_kernel_for_dispatch_key("dropgrad::drop_grad", "CUDA")
+
+
+def _triton_ops():
+    """torch.ops.dropgrad_triton, importing the Triton backend on first use."""
+    try:
+        from .triton_kernels import ops as triton_ops  # noqa: F401
+    except ImportError as e:  # triton missing or not yet built for this platform
+        raise RuntimeError(f"backend='triton' is unavailable: {e}") from e
+    return torch.ops.dropgrad_triton
+
+
+def _kernels(backend, device):
+    """The namespace of ops that runs `backend` on `device`, or the reference module."""
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    if backend == "auto":
+        if device.type == "cpu":
+            backend = "cpu"
+        elif device.type == "cuda":
+            backend = "cuda" if cuda_kernels_built() else "triton"
+        else:
+            raise RuntimeError(f"no dropgrad_cuda backend runs on device {device}")
+    if backend == "reference":
+        return reference
+    if backend == "cpu":
+        if device.type != "cpu":
+            raise RuntimeError(f"backend='cpu' needs CPU tensors, got tensors on {device}")
+        return torch.ops.dropgrad
+    if backend == "cuda":
+        if device.type != "cuda":
+            raise RuntimeError(f"backend='cuda' needs CUDA tensors, got tensors on {device}")
+        if not cuda_kernels_built():
+            raise RuntimeError("backend='cuda' is unavailable: dropgrad_cuda was built without its CUDA kernels")
+        return torch.ops.dropgrad
+    if device.type == "cpu" and os.environ.get("TRITON_INTERPRET") != "1":
+        raise RuntimeError("backend='triton' on CPU tensors needs TRITON_INTERPRET=1 (Triton's interpreter)")
+    return _triton_ops()
+
+
+# ---------------------------------------------------------------- argument checks
+def _check_tensor(t, name):
+    if not isinstance(t, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+    if t.dtype not in _FLOAT_DTYPES:
+        raise TypeError(f"{name} must be float16, bfloat16, float32 or float64, got {t.dtype}")
+
+
+def _check_pair(a, b, an, bn):
+    _check_tensor(a, an)
+    _check_tensor(b, bn)
+    if a.shape != b.shape:
+        raise ValueError(f"{bn} must have {an}'s shape {tuple(a.shape)}, got {tuple(b.shape)}")
+    if a.dtype != b.dtype:
+        raise TypeError(f"{bn} must have {an}'s dtype {a.dtype}, got {b.dtype}")
+    if a.device != b.device:
+        raise ValueError(f"{bn} is on {b.device} but {an} is on {a.device}")
+
+
+def _check_p(p):
+    if isinstance(p, bool) or not isinstance(p, numbers.Real):
+        raise TypeError(f"p must be a real number, got {type(p).__name__}")
+    p = float(p)
+    if math.isnan(p) or not 0.0 <= p < 1.0:
+        raise ValueError(f"p must be in [0, 1), got {p}")
+    return p
+
+
+def _check_mode(mode):
+    if mode not in ("gaussian", "bernoulli", "none"):
+        raise ValueError(f"mode must be 'gaussian', 'bernoulli' or 'none', got {mode!r}")
+    return MODES[mode]
+
+
+def _check_int(v, name):
+    if isinstance(v, bool) or not isinstance(v, numbers.Integral):
+        raise TypeError(f"{name} must be an int, got {type(v).__name__}")
+    return int(v)
+
+
+def _seed(seed):
+    """The seed as the ops' int64 argument (two's complement of a 64-bit seed); None draws one
+    from torch's default generator, so torch.manual_seed reproduces a run."""
+    if seed is None:
+        return int(torch.randint(0, 2**63 - 1, (), dtype=torch.int64))
+    seed = _check_int(seed, "seed")
+    if not 0 <= seed < _SEED_MOD:
+        raise ValueError(f"seed must be in [0, 2**64), got {seed}")
+    return seed - _SEED_MOD if seed >= 1 << 63 else seed
+
+
+def _offset(offset, numel):
+    offset = _check_int(offset, "offset")
+    if offset < 0 or offset % 4 or offset + numel >= 1 << 63:
+        raise ValueError(f"offset must be a non-negative multiple of 4 below 2**63 - numel, got {offset}")
+    return offset
+
+
+def _check_lr(lr, param, name="lr"):
+    """A Python float (returned as (None, lr)) or a tensor: 0-d or of param's shape (returned as (lr, 0.0))."""
+    if isinstance(lr, torch.Tensor):
+        if not lr.is_floating_point():
+            raise TypeError(f"{name} must be a floating-point tensor, got {lr.dtype}")
+        if lr.device != param.device:
+            raise ValueError(f"{name} is on {lr.device} but param is on {param.device}")
+        if lr.dim() == 0:
+            return lr, 0.0
+        if lr.shape != param.shape:
+            raise ValueError(f"{name} must be 0-d or have param's shape {tuple(param.shape)}, got {tuple(lr.shape)}")
+        if lr.dtype != param.dtype:
+            raise TypeError(f"a full-shape {name} must have param's dtype {param.dtype}, got {lr.dtype}")
+        return lr, 0.0
+    if isinstance(lr, bool) or not isinstance(lr, numbers.Real):
+        raise TypeError(f"{name} must be a float or a tensor, got {type(lr).__name__}")
+    return None, float(lr)
+
+
+# ---------------------------------------------------------------- public ops
+def drop_grad(grad, p, mode="gaussian", *, seed=None, offset=0, backend="auto"):
+    """grad * n, n the DropGrad noise of the contract (docs/noise_contract.md)."""
+    _check_tensor(grad, "grad")
+    p, m = _check_p(p), _check_mode(mode)
+    seed, offset = _seed(seed), _offset(offset, grad.numel())
+    k = _kernels(backend, grad.device)
+    if k is reference:
+        return reference.drop_grad(grad, p, mode, seed=seed, offset=offset)
+    return k.drop_grad(grad, p, m, seed, offset)
+
+
+def dropgrad_update(param, grad, lr, p, mode="gaussian", *, seed=None, offset=0, backend="auto"):
+    """param - lr * (grad * n): the DropGrad inner update, differentiable in param, grad and a tensor lr."""
+    _check_pair(param, grad, "param", "grad")
+    lr_t, lr_f = _check_lr(lr, param)
+    p, m = _check_p(p), _check_mode(mode)
+    seed, offset = _seed(seed), _offset(offset, param.numel())
+    k = _kernels(backend, param.device)
+    if k is reference:
+        return reference.dropgrad_update(param, grad, lr, p, mode, seed=seed, offset=offset)
+    return k.dropgrad_update(param, grad, lr_t, lr_f, p, m, seed, offset)
+
+
+def dropgrad_step(params, grads, lr, p, mode="gaussian", *, seed=None, offset=0, backend="auto"):
+    """dropgrad_update over a list of tensors in one fused pass; returns the new params.
+
+    lr: a float, one tensor (0-d, shared by all), or a list with one tensor per param (Meta-SGD
+    tensors or MAML++ per-layer scalars). Tensor k's noise starts where tensor k-1's ends,
+    rounded up to a multiple of 4.
+    """
+    params, grads = list(params), list(grads)
+    if len(params) != len(grads):
+        raise ValueError(f"params and grads must have the same length, got {len(params)} and {len(grads)}")
+    if not params:
+        return []
+    for i, (w, g) in enumerate(zip(params, grads)):
+        _check_pair(w, g, f"params[{i}]", f"grads[{i}]")
+        if w.device != params[0].device:
+            raise ValueError(f"params[{i}] is on {w.device} but params[0] is on {params[0].device}")
+    if isinstance(lr, (list, tuple)):
+        if len(lr) != len(params):
+            raise ValueError(f"lr must have one entry per param ({len(params)}), got {len(lr)}")
+        lrs = [_check_lr(l, w, f"lr[{i}]")[0] for i, (l, w) in enumerate(zip(lr, params))]
+        if any(l is None for l in lrs):
+            raise TypeError("a list lr must hold tensors; pass a single float for one step size")
+        lr_f = 0.0
+    else:
+        lr_t, lr_f = _check_lr(lr, params[0])
+        if lr_t is not None and lr_t.dim() != 0:
+            raise ValueError("a single lr tensor shared by all params must be 0-d; pass a list for per-param tensors")
+        lrs = [] if lr_t is None else [lr_t] * len(params)
+    p, m = _check_p(p), _check_mode(mode)
+    seed, offset = _seed(seed), _offset(offset, sum(w.numel() + 3 for w in params))
+    k = _kernels(backend, params[0].device)
+    if k is reference:
+        return reference.dropgrad_step(params, grads, lrs or lr_f, p, mode, seed=seed, offset=offset)
+    return list(k.dropgrad_step(params, grads, lrs, lr_f, p, m, seed, offset))
+
+
+def meta_dropout(f, a, *, deterministic=False, seed=None, offset=0, backend="auto"):
+    """f * softplus(a + eps), eps ~ N(0, I) from the stream; f * softplus(a) when deterministic."""
+    _check_pair(f, a, "f", "a")
+    if not isinstance(deterministic, bool):
+        raise TypeError(f"deterministic must be a bool, got {type(deterministic).__name__}")
+    seed, offset = _seed(seed), _offset(offset, f.numel())
+    k = _kernels(backend, f.device)
+    if k is reference:
+        return reference.meta_dropout(f, a, deterministic=deterministic, seed=seed, offset=offset)
+    return k.meta_dropout(f, a, deterministic, seed, offset)
+
+
+def philox4x32_10(counter, key, *, backend="auto"):
+    """The raw generator: counter int64 (..., 4) and key int64 (..., 2) of 32-bit words -> int64 (..., 4)."""
+    for t, name, last in ((counter, "counter", 4), (key, "key", 2)):
+        if not isinstance(t, torch.Tensor):
+            raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+        if t.dtype != torch.int64:
+            raise TypeError(f"{name} must be an int64 tensor, got {t.dtype}")
+        if t.dim() == 0 or t.shape[-1] != last:
+            raise ValueError(f"{name} must have shape (..., {last}), got {tuple(t.shape)}")
+        if t.numel() and (int(t.min()) < 0 or int(t.max()) >= 1 << 32):
+            raise ValueError(f"{name} must hold 32-bit words in [0, 2**32)")
+    if key.device != counter.device:
+        raise ValueError(f"key is on {key.device} but counter is on {counter.device}")
+    try:
+        key = key.expand(*counter.shape[:-1], 2)
+    except RuntimeError as e:
+        raise ValueError(f"key of shape {tuple(key.shape)} does not broadcast to counter's {tuple(counter.shape)}") from e
+    k = _kernels(backend, counter.device)
+    return k.philox4x32_10(counter, key)

@@ -1,0 +1,171 @@
+"""The noise contract and every op in plain PyTorch: the oracle of the tests (``backend="reference"``).
+
+docs/noise_contract.md states the contract in prose; this module is its executable form and
+mirrors csrc/dropgrad_math.h operation by operation (float32, no fused multiply-adds), so the
+kernels can be compared with it bit for bit. Autograd here is PyTorch's own.
+"""
+import torch
+import torch.nn.functional as F
+
+MODES = {"none": 0, "bernoulli": 1, "gaussian": 2, "normal": 3}
+_M32 = 0xFFFFFFFF
+
+
+def _f32(x):
+    return torch.tensor(x, dtype=torch.float32)
+
+
+def _mulhilo(a, b):
+    """(hi, lo) words of a * b for int64 tensors of 32-bit words a and a 32-bit constant b, without int64 overflow."""
+    t = a * (b & 0xFFFF)
+    u = a * (b >> 16)
+    return (u + (t >> 16)) >> 16, (((u & 0xFFFF) << 16) + t) & _M32
+
+
+def philox4x32_10(counter, key):
+    """Philox4x32-10 as triton/language/random.py:philox_impl; int64 tensors holding 32-bit words."""
+    c0, c1, c2, c3 = (counter[..., i] for i in range(4))
+    k0, k1 = key[..., 0], key[..., 1]
+    for _ in range(10):
+        hb, lb = _mulhilo(c2, 0xCD9E8D57)
+        ha, la = _mulhilo(c0, 0xD2511F53)
+        c0, c1, c2, c3 = hb ^ c1 ^ k0, lb, ha ^ c3 ^ k1, la
+        k0 = (k0 + 0x9E3779B9) & _M32
+        k1 = (k1 + 0xBB67AE85) & _M32
+    return torch.stack([c0, c1, c2, c3], dim=-1)
+
+
+def words(numel, seed, offset=0, device=None):
+    """The raw Philox words of stream elements [offset, offset + numel), as int64 in [0, 2^32)."""
+    nq = (numel + 3) // 4
+    q = torch.arange(nq, dtype=torch.int64, device=device) + offset // 4
+    zero = torch.zeros_like(q)
+    counter = torch.stack([q & _M32, q >> 32, zero, zero], dim=-1)
+    seed %= 1 << 64
+    key = torch.tensor([seed & _M32, seed >> 32], dtype=torch.int64, device=device).expand(nq, 2)
+    return philox4x32_10(counter, key).reshape(-1)[:numel]
+
+
+def uniform(w):
+    """Triton's uint_to_uniform_float: the int32 view, bitwise-not if negative, times 4.6566127342e-10."""
+    x = torch.where(w >= 1 << 31, w - (1 << 32), w)
+    x = torch.where(x < 0, -x - 1, x)
+    return x.to(torch.float32) * _f32(4.6566127342e-10)
+
+
+def log_f(x):
+    """Cephes logf (csrc/dropgrad_math.h:log_f) for positive normal float32 x."""
+    b = x.view(torch.int32).to(torch.int64) & _M32
+    e = (((b >> 23) & 0xFF) - 126).to(torch.float32)
+    m = ((b & 0x807FFFFF) | 0x3F000000).to(torch.int32).view(torch.float32)
+    small = m < _f32(0.707106781186547524)
+    e = torch.where(small, e - 1, e)
+    m = torch.where(small, (m + m) - 1, m - 1)
+    z = m * m
+    y = _f32(7.0376836292e-2)
+    for c in (-1.1514610310e-1, 1.1676998740e-1, -1.2420140846e-1, 1.4249322787e-1,
+              -1.6668057665e-1, 2.0000714765e-1, -2.4999993993e-1, 3.3333331174e-1):
+        y = y * m + _f32(c)
+    y = y * m * z
+    y = y + e * _f32(-2.12194440e-4)
+    y = y + z * _f32(-0.5)
+    return (m + y) + e * _f32(0.693359375)
+
+
+def sincos_f(t):
+    """Cephes sinf/cosf after Cody-Waite reduction by pi/2 (csrc/dropgrad_math.h:sincos_f), t in [0, 2*pi]."""
+    j = (t * _f32(0.636619772367581343) + _f32(0.5)).to(torch.int32)
+    jf = j.to(torch.float32)
+    y = t - jf * _f32(1.5703125)
+    y = y - jf * _f32(4.837512969970703125e-4)
+    y = y - jf * _f32(7.54978995489188216e-8)
+    z = y * y
+    ps = _f32(-1.9515295891e-4) * z + _f32(8.3321608736e-3)
+    ps = ps * z + _f32(-1.6666654611e-1)
+    sy = y + (y * z) * ps
+    pc = _f32(2.443315711809948e-5) * z + _f32(-1.388731625493765e-3)
+    pc = pc * z + _f32(4.166664568298827e-2)
+    cy = (1 - z * _f32(0.5)) + (z * z) * pc
+    q = j & 3
+    odd = (q & 1) == 1
+    sv, cv = torch.where(odd, cy, sy), torch.where(odd, sy, cy)
+    return torch.where((q & 2) == 2, -sv, sv), torch.where(((q + 1) & 2) == 2, -cv, cv)
+
+
+def box_muller(w_even, w_odd):
+    u1 = torch.clamp_min(uniform(w_even), _f32(1e-7))
+    th = _f32(6.283185307179586) * uniform(w_odd)
+    # The correctly rounded float32 sqrt (torch's float32 CPU sqrt is not): double rounding is exact for sqrt.
+    r = torch.sqrt((log_f(u1) * _f32(-2.0)).double()).float()
+    s, c = sincos_f(th)
+    return r * c, r * s
+
+
+def noise(numel, p, mode, seed, offset=0, device=None):
+    """The contract's float32 noise n of stream elements [offset, offset + numel).
+
+    mode "bernoulli": 1/(1-p) where uniform > p, else 0; "gaussian": 1 + sqrt(p/(1-p)) * z;
+    "normal": z (the meta-dropout epsilon); "none" or p == 0 (except "normal"): ones.
+    """
+    if mode == "none" or (p == 0 and mode != "normal"):
+        return torch.ones(numel, dtype=torch.float32, device=device)
+    w = words(numel + (-numel) % 4, seed, offset, device).reshape(-1, 4)
+    if mode == "bernoulli":
+        n = torch.where(uniform(w) > _f32(p), _f32(1.0 / (1.0 - p)), _f32(0.0))
+    else:
+        z0, z1 = box_muller(w[:, 0], w[:, 1])
+        z2, z3 = box_muller(w[:, 2], w[:, 3])
+        n = torch.stack([z0, z1, z2, z3], dim=-1)
+        if mode == "gaussian":
+            n = 1 + _f32((p / (1.0 - p)) ** 0.5) * n
+    return n.reshape(-1)[:numel]
+
+
+def _opmath(t):
+    return torch.float64 if t.dtype == torch.float64 else torch.float32
+
+
+def _noise_like(t, p, mode, seed, offset):
+    return noise(t.numel(), p, mode, seed, offset, t.device).reshape(t.shape).to(_opmath(t))
+
+
+def stream_offsets(numels, offset=0):
+    """Where each tensor's noise starts in a multi-tensor call: the previous end rounded up to 4."""
+    out = []
+    for n in numels:
+        out.append(offset)
+        offset += -(-n // 4) * 4
+    return out
+
+
+def drop_grad(grad, p, mode="gaussian", *, seed, offset=0):
+    """grad * n."""
+    return (grad.to(_opmath(grad)) * _noise_like(grad, p, mode, seed, offset)).to(grad.dtype)
+
+
+def dropgrad_update(param, grad, lr, p, mode="gaussian", *, seed, offset=0):
+    """param - lr * (grad * n), lr a float, a 0-d tensor or a tensor of param's shape."""
+    c = _opmath(param)
+    lr = torch.as_tensor(lr, dtype=c, device=param.device) if not torch.is_tensor(lr) else lr.to(c)
+    g = grad.to(c)
+    if not (mode == "none" or p == 0):
+        g = g * _noise_like(grad, p, mode, seed, offset)
+    return (param.to(c) - lr * g).to(param.dtype)
+
+
+def dropgrad_step(params, grads, lr, p, mode="gaussian", *, seed, offset=0):
+    """dropgrad_update over a list; lr a float, one tensor, or a list with one entry per param."""
+    lrs = lr if isinstance(lr, (list, tuple)) else [lr] * len(params)
+    return [
+        dropgrad_update(w, g, l, p, mode, seed=seed, offset=o)
+        for w, g, l, o in zip(params, grads, lrs, stream_offsets([w.numel() for w in params], offset))
+    ]
+
+
+def meta_dropout(f, a, *, deterministic=False, seed, offset=0):
+    """f * softplus(a + eps), eps ~ N(0, 1) from the stream; f * softplus(a) when deterministic."""
+    c = _opmath(f)
+    z = a.to(c)
+    if not deterministic:
+        z = z + _noise_like(a, 0.0, "normal", seed, offset)
+    return (f.to(c) * F.softplus(z)).to(f.dtype)
