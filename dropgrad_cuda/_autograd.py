@@ -106,8 +106,8 @@ def register(ns, qualname_prefix):
             d_params.append(d[0])
             d_grads.append(d[1])
             d_lrs.append(d[2])
-        return (d_params if need_p else None, d_grads if need_g else None,
-                d_lrs if need_l and ctx.has_lrs else None, None, None, None, None, None)
+        # The gradient of a list input is a list of its length (possibly of Nones).
+        return d_params, d_grads, d_lrs if ctx.has_lrs else [], None, None, None, None, None
 
     torch.library.register_autograd(q("dropgrad_step"), step_backward, setup_context=step_setup)
 

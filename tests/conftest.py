@@ -1,0 +1,29 @@
+import os
+
+import pytest
+import torch
+
+import dropgrad_cuda as dg
+
+
+def _backends():
+    """(backend, device) pairs this machine can run; the others are reported as skipped."""
+    gpu = torch.cuda.is_available()
+    return [
+        pytest.param(("cpu", "cpu"), id="cpu"),
+        pytest.param(("triton", "cpu"), id="triton-interpreter", marks=pytest.mark.skipif(
+            os.environ.get("TRITON_INTERPRET") != "1", reason="needs TRITON_INTERPRET=1")),
+        pytest.param(("triton", "cuda"), id="triton-cuda", marks=pytest.mark.skipif(not gpu, reason="needs a CUDA GPU")),
+        pytest.param(("cuda", "cuda"), id="cuda", marks=pytest.mark.skipif(
+            not (gpu and dg.cuda_kernels_built()), reason="needs a CUDA GPU and the CUDA kernels")),
+    ]
+
+
+@pytest.fixture(params=_backends())
+def backend(request):
+    """(backend name, device) of a kernel backend under test; the reference is the oracle."""
+    return request.param
+
+
+def pytest_configure(config):
+    torch.set_num_threads(2)

@@ -1,0 +1,83 @@
+"""Bad input gets a clear Python exception naming the argument, never a crash or garbage."""
+import pytest
+import torch
+
+import dropgrad_cuda as dg
+
+W = torch.randn(4, 3)
+G = torch.randn(4, 3)
+
+
+@pytest.mark.parametrize("call,exc,match", [
+    (lambda: dg.drop_grad(G, 1.0), ValueError, "p must be in"),
+    (lambda: dg.drop_grad(G, -0.1), ValueError, "p must be in"),
+    (lambda: dg.drop_grad(G, float("nan")), ValueError, "p must be in"),
+    (lambda: dg.drop_grad(G, "0.1"), TypeError, "p must be a real"),
+    (lambda: dg.drop_grad(G, True), TypeError, "p must be a real"),
+    (lambda: dg.drop_grad(G, 0.1, "uniform"), ValueError, "mode must be"),
+    (lambda: dg.drop_grad(G, 0.1, backend="tpu"), ValueError, "backend must be one of"),
+    (lambda: dg.drop_grad(G, 0.1, backend="cuda"), RuntimeError, "backend='cuda' needs CUDA tensors"),
+    (lambda: dg.drop_grad(torch.ones(3, dtype=torch.int32), 0.1), TypeError, "grad must be float16"),
+    (lambda: dg.drop_grad(torch.ones(3, dtype=torch.bool), 0.1), TypeError, "grad must be float16"),
+    (lambda: dg.drop_grad([1.0, 2.0], 0.1), TypeError, "grad must be a torch.Tensor"),
+    (lambda: dg.drop_grad(G, 0.1, seed=-1), ValueError, "seed must be in"),
+    (lambda: dg.drop_grad(G, 0.1, seed=2**64), ValueError, "seed must be in"),
+    (lambda: dg.drop_grad(G, 0.1, seed=1.5), TypeError, "seed must be an int"),
+    (lambda: dg.drop_grad(G, 0.1, offset=3), ValueError, "offset must be"),
+    (lambda: dg.drop_grad(G, 0.1, offset=-4), ValueError, "offset must be"),
+    (lambda: dg.dropgrad_update(W, torch.randn(3, 4), 0.1, 0.1), ValueError, "grad must have param's shape"),
+    (lambda: dg.dropgrad_update(W, G.double(), 0.1, 0.1), TypeError, "grad must have param's dtype"),
+    (lambda: dg.dropgrad_update(W, G, torch.ones(3), 0.1), ValueError, "lr must be 0-d or have param's shape"),
+    (lambda: dg.dropgrad_update(W, G, torch.ones(4, 3, dtype=torch.float64), 0.1), TypeError, "full-shape lr"),
+    (lambda: dg.dropgrad_update(W, G, torch.tensor(1), 0.1), TypeError, "lr must be a floating-point tensor"),
+    (lambda: dg.dropgrad_update(W, G, "0.1", 0.1), TypeError, "lr must be a float or a tensor"),
+    (lambda: dg.dropgrad_update(W, G, 0.1, 1.5), ValueError, "p must be in"),
+    (lambda: dg.dropgrad_step([W, W], [G], 0.1, 0.1), ValueError, "same length"),
+    (lambda: dg.dropgrad_step([W], [G], [0.1, 0.2], 0.1), ValueError, "one entry per param"),
+    (lambda: dg.dropgrad_step([W], [G], [0.1], 0.1), TypeError, "a list lr must hold tensors"),
+    (lambda: dg.dropgrad_step([W], [G], torch.ones(4, 3), 0.1), ValueError, "must be 0-d"),
+    (lambda: dg.dropgrad_step([W], [G.half()], 0.1, 0.1), TypeError, r"grads\[0\] must have params\[0\]'s dtype"),
+    (lambda: dg.meta_dropout(W, torch.randn(4)), ValueError, "a must have f's shape"),
+    (lambda: dg.meta_dropout(W, G, deterministic=1), TypeError, "deterministic must be a bool"),
+    (lambda: dg.philox4x32_10(torch.zeros(3, 4, dtype=torch.int64), torch.zeros(3, 3, dtype=torch.int64)),
+     ValueError, r"key must have shape \(\.\.\., 2\)"),
+    (lambda: dg.philox4x32_10(torch.zeros(3, 4, dtype=torch.int32), torch.zeros(3, 2, dtype=torch.int64)),
+     TypeError, "counter must be an int64"),
+    (lambda: dg.philox4x32_10(torch.full((1, 4), 2**32), torch.zeros(1, 2, dtype=torch.int64)),
+     ValueError, "32-bit words"),
+    (lambda: dg.philox4x32_10(torch.zeros(3, 4, dtype=torch.int64), torch.zeros(2, 2, dtype=torch.int64)),
+     ValueError, "does not broadcast"),
+])
+def test_bad_input_raises_a_clear_error(call, exc, match):
+    with pytest.raises(exc, match=match):
+        call()
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_tensors_on_different_devices():
+    with pytest.raises(ValueError, match="grad is on"):
+        dg.dropgrad_update(W.cuda(), G, 0.1, 0.1)
+
+
+def test_tensors_on_different_devices_without_a_gpu():
+    meta = torch.empty(4, 3, device="meta")
+    with pytest.raises(ValueError, match="grad is on meta but param is on cpu"):
+        dg.dropgrad_update(W, meta, 0.1, 0.1)
+    with pytest.raises(RuntimeError, match="no dropgrad_cuda backend runs on device meta"):
+        dg.drop_grad(meta, 0.1)
+
+
+def test_triton_on_cpu_without_the_interpreter(monkeypatch):
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    with pytest.raises(RuntimeError, match="TRITON_INTERPRET=1"):
+        dg.drop_grad(G, 0.1, backend="triton")
+
+
+def test_cuda_backend_without_kernels_or_gpu():
+    with pytest.raises(RuntimeError, match="backend='cuda'"):
+        dg.dropgrad_update(W, G, 0.1, 0.1, backend="cuda")
+
+
+def test_raw_op_rejects_mismatched_shapes_without_crashing():
+    with pytest.raises(RuntimeError, match="same shape"):
+        torch.ops.dropgrad.dropgrad_update(W, torch.randn(5), None, 0.1, 0.1, 2, 1, 0)

@@ -1,0 +1,55 @@
+"""The dropgrad:: ops as PyTorch sees them: opcheck (schema, fake tensors, autograd registration,
+AOT dispatch) and torch.compile(fullgraph=True) over them."""
+import pytest
+import torch
+
+import dropgrad_cuda as dg
+
+OPS = ["philox4x32_10", "noise", "drop_grad", "dropgrad_update", "dropgrad_step", "meta_dropout", "meta_dropout_backward"]
+
+
+def samples():
+    w = lambda *s: torch.randn(*s, requires_grad=True)  # noqa: E731
+    return [
+        ("philox4x32_10", (torch.randint(0, 2**32, (5, 4)), torch.randint(0, 2**32, (5, 2)))),
+        ("noise", (torch.empty(3, 5), 0.1, 2, 7, 0)),
+        ("drop_grad", (w(3, 5), 0.1, 2, 7, 0)),
+        ("drop_grad", (w(9), 0.2, 1, 2**40, 8)),
+        ("dropgrad_update", (w(4, 4), w(4, 4), None, 0.1, 0.1, 2, 7, 0)),
+        ("dropgrad_update", (w(4, 4), w(4, 4), torch.tensor(0.1, requires_grad=True), 0.0, 0.1, 1, 7, 0)),
+        ("dropgrad_update", (w(4, 4), w(4, 4), w(4, 4), 0.0, 0.1, 2, 7, 4)),
+        ("dropgrad_step", ([w(3), w(2, 2)], [w(3), w(2, 2)], [], 0.1, 0.2, 2, 7, 0)),
+        ("dropgrad_step", ([w(3), w(2, 2)], [w(3), w(2, 2)], [w(3), w(2, 2)], 0.0, 0.2, 1, 7, 0)),
+        ("meta_dropout", (w(2, 3), w(2, 3), False, 7, 0)),
+        ("meta_dropout", (w(2, 3), w(2, 3), True, 7, 0)),
+        ("meta_dropout_backward", (w(2, 3), w(2, 3), w(2, 3), False, 7, 0)),
+    ]
+
+
+def test_every_op_has_a_sample():
+    assert sorted({name for name, _ in samples()}) == sorted(OPS)
+
+
+@pytest.mark.parametrize("name,args", samples(), ids=[n for n, _ in samples()])
+def test_opcheck(name, args):
+    torch.library.opcheck(getattr(torch.ops.dropgrad, name).default, args)
+
+
+def test_compile_fullgraph_first_order():
+    g = torch.Generator().manual_seed(0)
+    w, b = torch.randn(8, 4, generator=g, requires_grad=True), torch.randn(8, 4, generator=g, requires_grad=True)
+
+    def update(w, g):  # the compiled function: fused update and meta-dropout, forward and backward
+        h = dg.meta_dropout(w, g, seed=5)
+        return dg.dropgrad_update(w, h, 0.1, 0.2, "bernoulli", seed=9)
+
+    compiled = torch.compile(update, fullgraph=True, backend="aot_eager")
+    out, want = compiled(w, b), update(w, b)
+    assert torch.equal(out, want)
+    gw = torch.autograd.grad(out.sum(), [w, b])
+    gw_want = torch.autograd.grad(want.sum(), [w, b])
+    for x_, y_ in zip(gw, gw_want):
+        assert torch.equal(x_, y_)
+    # Inductor too, end to end on CPU.
+    out2 = torch.compile(update, fullgraph=True)(w, b)
+    assert torch.equal(out2, want)

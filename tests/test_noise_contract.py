@@ -1,0 +1,132 @@
+"""Every backend's noise against the contract's reference (docs/noise_contract.md)."""
+import pytest
+import torch
+
+import dropgrad_cuda as dg
+from dropgrad_cuda import reference as R
+
+SEEDS = [0, 1, 2**32 + 7, 2**63 + 12345, 2**64 - 1]
+OFFSETS = [0, 4, 2**32 - 4, 2**34 + 8]
+SIZES = [1, 3, 4, 5, 1023, 4097]
+# On the GPU the transcendental polynomials may contract into FMAs (Triton) : the bound on those
+# backends, in float32 ulps of the Box-Muller radius. CPU kernels are built without contraction
+# and must match the reference exactly.
+GAUSS_ULPS_GPU = 4
+
+
+def kernel_noise(backend, numel, p, mode, seed, offset):
+    name, device = backend
+    ns = torch.ops.dropgrad if name in ("cpu", "cuda") else dg.ops._triton_ops()
+    return ns.noise(torch.empty(numel, device=device), p, R.MODES[mode], dg.ops._seed(seed), offset).cpu()
+
+
+def assert_noise_close(got, want, device):
+    if device == "cpu":
+        assert torch.equal(got, want)
+    else:
+        bound = GAUSS_ULPS_GPU * 2.0**-23 * want.abs().clamp_min(1.0)
+        assert ((got - want).abs() <= bound).all()
+
+
+def test_philox_known_answer():
+    # Random123's published known-answer vectors for Philox4x32-10.
+    ctr = torch.tensor([[0, 0, 0, 0], [0xFFFFFFFF] * 4, [0x243F6A88, 0x85A308D3, 0x13198A2E, 0x03707344]])
+    key = torch.tensor([[0, 0], [0xFFFFFFFF] * 2, [0xA4093822, 0x299F31D0]])
+    want = torch.tensor([[0x6627E8D5, 0xE169C58D, 0xBC57AC4C, 0x9B00DBD8],
+                         [0x408F276D, 0x41C83B0E, 0xA20BC7C6, 0x6D5451FD],
+                         [0xD16CFE09, 0x94FDCCEB, 0x5001E420, 0x24126EA1]])
+    assert torch.equal(R.philox4x32_10(ctr, key), want)
+    assert torch.equal(dg.philox4x32_10(ctr, key), want)
+
+
+def test_philox_raw_words(backend):
+    name, device = backend
+    g = torch.Generator().manual_seed(0)
+    ctr = torch.randint(0, 2**32, (1001, 4), generator=g)
+    key = torch.randint(0, 2**32, (1001, 2), generator=g)
+    got = dg.philox4x32_10(ctr.to(device), key.to(device), backend=name).cpu()
+    assert torch.equal(got, R.philox4x32_10(ctr, key))
+
+
+def test_stream_layout_matches_triton_counters():
+    # Element i of a stream at offset o uses counter (o + i) // 4 as (lo, hi, 0, 0), word (o + i) % 4.
+    seed, offset = 2**40 + 3, 2**33 + 4
+    w = R.words(12, seed, offset)
+    q = offset // 4 + 2
+    c = torch.tensor([[q & 0xFFFFFFFF, q >> 32, 0, 0]])
+    k = torch.tensor([[seed & 0xFFFFFFFF, seed >> 32]])
+    assert torch.equal(w[8:12], R.philox4x32_10(c, k)[0])
+
+
+@pytest.mark.parametrize("mode", ["bernoulli", "gaussian", "normal"])
+@pytest.mark.parametrize("seed", SEEDS)
+@pytest.mark.parametrize("offset", OFFSETS)
+def test_noise_matches_reference(backend, mode, seed, offset):
+    for n in SIZES:
+        got = kernel_noise(backend, n, 0.15, mode, seed, offset)
+        want = R.noise(n, 0.15, mode, seed, offset)
+        if mode == "bernoulli":
+            assert torch.equal(got, want)
+        else:
+            assert_noise_close(got, want, backend[1])
+
+
+def test_noise_is_a_prefix_of_longer_streams():
+    # The same element gets the same noise whatever the tensor's length: no size dependence.
+    long = R.noise(1000, 0.2, "gaussian", 9)
+    for n in (1, 7, 999):
+        assert torch.equal(R.noise(n, 0.2, "gaussian", 9), long[:n])
+    assert torch.equal(R.noise(96, 0.2, "gaussian", 9, offset=904), long[904:])
+
+
+def test_uniform_range_and_box_muller_accuracy():
+    u = R.uniform(R.words(1 << 20, 3))
+    assert u.min() >= 0 and u.max() < 1
+    x = torch.rand(1 << 18, dtype=torch.float64).float() * 0.999 + 1e-7
+    # The contract's polynomials stay within 2 ulps of the correctly rounded functions.
+    ulp_log = (R.log_f(x).double() - x.double().log()).abs() / (x.double().log().abs() * 2.0**-23)
+    assert ulp_log.max() < 2
+    t = torch.rand(1 << 18) * 6.2831853
+    s, c = R.sincos_f(t)
+    assert (s.double() - t.double().sin()).abs().max() < 2 * 2.0**-24
+    assert (c.double() - t.double().cos()).abs().max() < 2 * 2.0**-24
+
+
+@pytest.mark.parametrize("p", [0.1, 0.2, 0.5])
+def test_noise_statistics(backend, p):
+    """Keep rate 1-p and mean 1 for Bernoulli; mean 1, variance p/(1-p) for Gaussian; N(0,1) eps.
+
+    n = 2**20 samples: the standard error of a mean is sqrt(var/n) <= 1e-3, so 5e-3 bounds (5 sigma)."""
+    n = 1 << 20
+    b = kernel_noise(backend, n, p, "bernoulli", 11, 0).double()
+    keep = (b > 0).double().mean()
+    assert abs(keep - (1 - p)) < 5 * (p * (1 - p) / n) ** 0.5
+    assert abs(b.mean() - 1) < 5 * (p / (1 - p) / n) ** 0.5
+    assert torch.all((b == 0) | (b == torch.tensor(1 / (1 - p), dtype=torch.float32).double()))
+    g = kernel_noise(backend, n, p, "gaussian", 12, 0).double()
+    var = p / (1 - p)
+    assert abs(g.mean() - 1) < 5 * (var / n) ** 0.5
+    assert abs(g.var() / var - 1) < 5 * (2 / n) ** 0.5
+    z = kernel_noise(backend, n, p, "normal", 13, 0).double()
+    assert abs(z.mean()) < 5e-3 and abs(z.var() - 1) < 5 * (2 / n) ** 0.5
+    # Tails: P(|z| > 3) = 0.0027; the 1e-7 clamp caps |z| at sqrt(-2 ln 1e-7) = 5.68.
+    assert abs((z.abs() > 3).double().mean() - 0.0027) < 5 * (0.0027 / n) ** 0.5
+    assert z.abs().max() <= 5.7
+
+
+def test_distinct_seeds_and_offsets_give_independent_noise():
+    a = R.noise(1 << 16, 0.0, "normal", 1)
+    b = R.noise(1 << 16, 0.0, "normal", 2)
+    c = R.noise(1 << 16, 0.0, "normal", 1, offset=1 << 16)
+    for x, y in ((a, b), (a, c)):
+        assert abs(torch.corrcoef(torch.stack([x, y]))[0, 1]) < 0.02  # 5 sigma of 1/sqrt(2**16)
+
+
+def test_seed_none_follows_torch_manual_seed():
+    g = torch.randn(1000)
+    torch.manual_seed(5)
+    a = dg.drop_grad(g, 0.2)
+    torch.manual_seed(5)
+    b = dg.drop_grad(g, 0.2)
+    c = dg.drop_grad(g, 0.2)
+    assert torch.equal(a, b) and not torch.equal(a, c)

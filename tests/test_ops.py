@@ -1,0 +1,135 @@
+"""Each op of each backend against the reference, over dtypes, shapes, layouts and lr forms.
+
+Tolerances: DropGrad ops are exact on the CPU backend for every mode (same float32/float64
+operations in the same order); GPU backends may contract multiply-adds, so they get 2 ulps of
+the output dtype. meta_dropout calls exp/log1p, which differ between libm and PyTorch's
+vectorized versions by an ulp or two, so it is compared at 4 ulps of the compute type."""
+import pytest
+import torch
+
+import dropgrad_cuda as dg
+from dropgrad_cuda import reference as R
+
+DTYPES = [torch.float32, torch.float64, torch.float16, torch.bfloat16]
+EPS = {torch.float32: 2.0**-23, torch.float64: 2.0**-52, torch.float16: 2.0**-10, torch.bfloat16: 2.0**-7}
+MODES = ["gaussian", "bernoulli", "none"]
+
+
+def make(shape, dtype, device, seed=0, noncontiguous=False):
+    g = torch.Generator().manual_seed(seed)
+    if noncontiguous:  # a transposed view: the logical row-major order still defines the stream
+        t = torch.randn(*reversed(shape), generator=g, dtype=torch.float64).to(dtype).t()
+    else:
+        t = torch.randn(*shape, generator=g, dtype=torch.float64).to(dtype)
+    return t.to(device)
+
+
+def assert_matches(got, want, backend, ulps=2):
+    got = got.cpu()
+    assert got.dtype == want.dtype and got.shape == want.shape
+    if backend[0] == "cpu" and ulps == 2:
+        assert torch.equal(got, want)
+    else:
+        tol = ulps * EPS[want.dtype]
+        torch.testing.assert_close(got, want, rtol=tol, atol=tol)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("shape", [(0,), (1,), (7, 3), (33, 65)])
+def test_drop_grad(backend, dtype, mode, shape):
+    name, device = backend
+    for nc in (False, True) if len(shape) == 2 else (False,):
+        g = make(shape, dtype, device, 1, nc)
+        got = dg.drop_grad(g, 0.2, mode, seed=2**33 + 1, offset=8, backend=name)
+        want = R.drop_grad(g.cpu(), 0.2, mode, seed=2**33 + 1, offset=8)
+        assert_matches(got, want, backend)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("lr_form", ["float", "0d", "full"])
+def test_dropgrad_update(backend, dtype, mode, lr_form):
+    name, device = backend
+    for shape, nc in (((0,), False), ((5,), False), ((31, 17), False), ((31, 17), True)):
+        w, g = make(shape, dtype, device, 1, nc), make(shape, dtype, device, 2, nc)
+        lr = {"float": 0.05, "0d": torch.tensor(0.05, device=device),
+              "full": make(shape, dtype, device, 3).abs()}[lr_form]
+        got = dg.dropgrad_update(w, g, lr, 0.1, mode, seed=77, backend=name)
+        lr_ref = lr.cpu() if torch.is_tensor(lr) else lr
+        want = R.dropgrad_update(w.cpu(), g.cpu(), lr_ref, 0.1, mode, seed=77)
+        assert_matches(got, want, backend)
+
+
+def test_update_without_noise_is_the_plain_formula(backend):
+    # Exactly param - lr * grad, with no RNG. (Not bit-equal to torch.add(alpha=-lr), whose
+    # vectorized CPU kernel fuses the multiply-add; the result differs in the last bit.)
+    name, device = backend
+    for dtype in DTYPES:
+        w, g = make((1000,), dtype, device, 1), make((1000,), dtype, device, 2)
+        c = torch.float64 if dtype == torch.float64 else torch.float32
+        want = (w.to(c) - torch.tensor(0.01, dtype=c, device=device) * g.to(c)).to(dtype)
+        for kw in ({"p": 0.3, "mode": "none"}, {"p": 0.0, "mode": "gaussian"}, {"p": 0.0, "mode": "bernoulli"}):
+            torch.testing.assert_close(dg.dropgrad_update(w, g, 0.01, backend=name, **kw), want, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("lr_form", ["float", "shared0d", "list"])
+def test_dropgrad_step_equals_updates_on_consecutive_streams(backend, mode, lr_form):
+    name, device = backend
+    shapes = [(3, 3), (1,), (0,), (64, 5), (2, 3, 5), (4097,)]
+    dtypes = [torch.float32, torch.float64, torch.bfloat16, torch.float32, torch.float16, torch.float32]
+    ws = [make(s, d, device, i) for i, (s, d) in enumerate(zip(shapes, dtypes))]
+    gs = [make(s, d, device, 10 + i, noncontiguous=len(s) == 2) for i, (s, d) in enumerate(zip(shapes, dtypes))]
+    lr = {"float": 0.1, "shared0d": torch.tensor(0.1, device=device),
+          "list": [torch.tensor(0.1 * (i + 1), device=device) if i % 2 else make(s, d, device, 20 + i).abs()
+                   for i, (s, d) in enumerate(zip(shapes, dtypes))]}[lr_form]
+    out = dg.dropgrad_step(ws, gs, lr, 0.15, mode, seed=5, offset=2**32, backend=name)
+    offsets = R.stream_offsets([w.numel() for w in ws], 2**32)
+    assert offsets[:3] == [2**32, 2**32 + 12, 2**32 + 16]
+    for i, (o, w, g, off) in enumerate(zip(out, ws, gs, offsets)):
+        l = lr[i] if isinstance(lr, list) else lr
+        want = R.dropgrad_update(w.cpu(), g.cpu(), l.cpu() if torch.is_tensor(l) else l, 0.15, mode, seed=5, offset=off)
+        assert_matches(o, want, backend)
+        single = dg.dropgrad_update(w, g, l, 0.15, mode, seed=5, offset=off, backend=name)
+        assert torch.equal(o.cpu(), single.cpu())
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("deterministic", [False, True])
+def test_meta_dropout(backend, dtype, deterministic):
+    name, device = backend
+    for shape, nc in (((0,), False), ((3,), False), ((2, 3, 9, 9), False), ((40, 30), True)):
+        f, a = make(shape, dtype, device, 1, nc), make(shape, dtype, device, 2, nc) * 8  # reaches softplus' threshold
+        got = dg.meta_dropout(f, a, deterministic=deterministic, seed=2**40, offset=4, backend=name)
+        want = R.meta_dropout(f.cpu(), a.cpu(), deterministic=deterministic, seed=2**40, offset=4)
+        assert_matches(got, want, backend, ulps=4)
+
+
+def test_meta_dropout_deterministic_ignores_seed(backend):
+    name, device = backend
+    f, a = make((100,), torch.float32, device, 1), make((100,), torch.float32, device, 2)
+    x = dg.meta_dropout(f, a, deterministic=True, seed=1, backend=name)
+    y = dg.meta_dropout(f, a, deterministic=True, seed=2, backend=name)
+    assert torch.equal(x, y)
+    torch.testing.assert_close(x.cpu(), (f * torch.nn.functional.softplus(a)).cpu())
+
+
+def test_nan_and_inf_propagate_like_the_formula(backend):
+    name, device = backend
+    w = torch.tensor([1.0, float("nan"), float("inf"), 2.0, 3.0], device=device)
+    g = torch.tensor([float("nan"), 1.0, 1.0, float("inf"), 0.0], device=device)
+    got = dg.dropgrad_update(w, g, 0.1, 0.2, "gaussian", seed=3, backend=name).cpu()
+    want = R.dropgrad_update(w.cpu(), g.cpu(), 0.1, 0.2, "gaussian", seed=3)
+    assert torch.equal(got.isnan(), want.isnan()) and torch.equal(got.isinf(), want.isinf())
+
+
+def test_inputs_are_not_modified(backend):
+    name, device = backend
+    w, g = make((50,), torch.float32, device, 1), make((50,), torch.float32, device, 2)
+    w0, g0 = w.clone(), g.clone()
+    dg.dropgrad_update(w, g, 0.1, 0.2, seed=1, backend=name)
+    dg.dropgrad_step([w], [g], 0.1, 0.2, seed=1, backend=name)
+    dg.drop_grad(g, 0.2, seed=1, backend=name)
+    dg.meta_dropout(w, g, seed=1, backend=name)
+    assert torch.equal(w, w0) and torch.equal(g, g0)
