@@ -145,9 +145,13 @@ DG_HD void words4(uint64_t q, uint32_t k0, uint32_t k1, uint32_t c[4]) {
   philox4x32_10(c, k0, k1);
 }
 
-// Noise of four words, one function per mode so a loop over counters has no branch in its body.
+// Per-element noise, word to value; the *4 helpers apply them to the four words of one call.
+DG_HD float bernoulli(float p, float scale, uint32_t w) { return uniform(w) > p ? scale : 0.0f; }
+
+DG_HD float gaussian(float sigma, float z) { return 1.0f + sigma * z; }
+
 DG_HD void bernoulli4(const NoiseParams& np, const uint32_t c[4], float n[4]) {
-  for (int i = 0; i < 4; ++i) n[i] = uniform(c[i]) > np.p ? np.scale : 0.0f;
+  for (int i = 0; i < 4; ++i) n[i] = bernoulli(np.p, np.scale, c[i]);
 }
 
 DG_HD void normal4(const uint32_t c[4], float n[4]) {
@@ -157,7 +161,7 @@ DG_HD void normal4(const uint32_t c[4], float n[4]) {
 
 DG_HD void gaussian4(const NoiseParams& np, const uint32_t c[4], float n[4]) {
   normal4(c, n);
-  for (int i = 0; i < 4; ++i) n[i] = 1.0f + np.sigma * n[i];
+  for (int i = 0; i < 4; ++i) n[i] = gaussian(np.sigma, n[i]);
 }
 
 DG_HD void noise4(const NoiseParams& np, uint64_t q, uint32_t k0, uint32_t k1, float n[4]) {
