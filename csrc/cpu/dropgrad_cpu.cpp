@@ -160,6 +160,17 @@ void update_range(const scalar_t* param, const scalar_t* grad, const scalar_t* l
   }
 }
 
+// Calls body(eps) with eps(i) the meta-dropout noise of element i of the block, or 0 when
+// deterministic: two instantiations, so neither loop tests for the noise per element.
+template <typename acc_t, typename Body>
+void with_eps(const float* nz, const Body& body) {
+  if (nz) {
+    body([nz](int64_t i) { return static_cast<acc_t>(nz[i]); });
+  } else {
+    body([](int64_t) { return acc_t(0); });
+  }
+}
+
 void check_floating(const at::Tensor& t, const char* name) {
   TORCH_CHECK(t.device().is_cpu(), name, " must be a CPU tensor");
   TORCH_CHECK(at::isFloatingType(t.scalar_type()), name, " must be a floating-point tensor");
@@ -317,10 +328,12 @@ at::Tensor meta_dropout_cpu(const at::Tensor& f, const at::Tensor& a, bool deter
     const scalar_t* ap = ac.data_ptr<scalar_t>();
     scalar_t* op = out.data_ptr<scalar_t>();
     for_each_block(fc.numel(), offset, st, [&](int64_t b, int64_t n, const float* nz) {
-      for (int64_t i = b; i < b + n; ++i) {
-        const acc_t z = static_cast<acc_t>(ap[i]) + (nz ? static_cast<acc_t>(nz[i - b]) : acc_t(0));
-        op[i] = static_cast<scalar_t>(static_cast<acc_t>(fp[i]) * dg::softplus(z));
-      }
+      with_eps<acc_t>(nz, [&](auto eps) {
+        for (int64_t i = 0; i < n; ++i) {
+          const acc_t z = static_cast<acc_t>(ap[b + i]) + eps(i);
+          op[b + i] = static_cast<scalar_t>(static_cast<acc_t>(fp[b + i]) * dg::softplus(z));
+        }
+      });
     });
   });
   return out;
@@ -345,12 +358,14 @@ std::tuple<at::Tensor, at::Tensor> meta_dropout_backward_cpu(const at::Tensor& g
     scalar_t* gfp = gf.data_ptr<scalar_t>();
     scalar_t* gap = ga.data_ptr<scalar_t>();
     for_each_block(fc.numel(), offset, st, [&](int64_t b, int64_t n, const float* nz) {
-      for (int64_t i = b; i < b + n; ++i) {
-        const acc_t z = static_cast<acc_t>(ap[i]) + (nz ? static_cast<acc_t>(nz[i - b]) : acc_t(0));
-        const acc_t g = static_cast<acc_t>(gp[i]);
-        gfp[i] = static_cast<scalar_t>(g * dg::softplus(z));
-        gap[i] = static_cast<scalar_t>((g * static_cast<acc_t>(fp[i])) * dg::softplus_grad(z));
-      }
+      with_eps<acc_t>(nz, [&](auto eps) {
+        for (int64_t i = 0; i < n; ++i) {
+          const acc_t z = static_cast<acc_t>(ap[b + i]) + eps(i);
+          const acc_t g = static_cast<acc_t>(gp[b + i]);
+          gfp[b + i] = static_cast<scalar_t>(g * dg::softplus(z));
+          gap[b + i] = static_cast<scalar_t>((g * static_cast<acc_t>(fp[b + i])) * dg::softplus_grad(z));
+        }
+      });
     });
   });
   return {gf, ga};
