@@ -145,36 +145,10 @@ DG_HD void words4(uint64_t q, uint32_t k0, uint32_t k1, uint32_t c[4]) {
   philox4x32_10(c, k0, k1);
 }
 
-// Per-element noise, word to value; the *4 helpers apply them to the four words of one call.
+// Per-element noise, word to value.
 DG_HD float bernoulli(float p, float scale, uint32_t w) { return uniform(w) > p ? scale : 0.0f; }
 
 DG_HD float gaussian(float sigma, float z) { return 1.0f + sigma * z; }
-
-DG_HD void bernoulli4(const NoiseParams& np, const uint32_t c[4], float n[4]) {
-  for (int i = 0; i < 4; ++i) n[i] = bernoulli(np.p, np.scale, c[i]);
-}
-
-DG_HD void normal4(const uint32_t c[4], float n[4]) {
-  box_muller(c[0], c[1], &n[0], &n[1]);
-  box_muller(c[2], c[3], &n[2], &n[3]);
-}
-
-DG_HD void gaussian4(const NoiseParams& np, const uint32_t c[4], float n[4]) {
-  normal4(c, n);
-  for (int i = 0; i < 4; ++i) n[i] = gaussian(np.sigma, n[i]);
-}
-
-DG_HD void noise4(const NoiseParams& np, uint64_t q, uint32_t k0, uint32_t k1, float n[4]) {
-  uint32_t c[4];
-  words4(q, k0, k1, c);
-  if (np.mode == kBernoulli) {
-    bernoulli4(np, c, n);
-  } else if (np.mode == kGaussian) {
-    gaussian4(np, c, n);
-  } else {
-    normal4(c, n);
-  }
-}
 
 // Cephes expf, branch-free for vectorization: 0 below -87.3 and inf above 88 (where 2^n would
 // leave the normal range), like expf up to denormals.
