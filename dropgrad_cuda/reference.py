@@ -54,7 +54,7 @@ def uniform(w):
 
 
 def log_f(x):
-    """Cephes logf (csrc/dropgrad_math.h:log_f) for positive normal float32 x."""
+    """Cephes logf, its polynomial by Estrin's scheme (csrc/dropgrad_math.h:log_f), for positive normal float32 x."""
     b = x.view(torch.int32).to(torch.int64) & _M32
     e = (((b >> 23) & 0xFF) - 126).to(torch.float32)
     m = ((b & 0x807FFFFF) | 0x3F000000).to(torch.int32).view(torch.float32)
@@ -62,10 +62,12 @@ def log_f(x):
     e = torch.where(small, e - 1, e)
     m = torch.where(small, (m + m) - 1, m - 1)
     z = m * m
-    y = _f32(7.0376836292e-2)
-    for c in (-1.1514610310e-1, 1.1676998740e-1, -1.2420140846e-1, 1.4249322787e-1,
-              -1.6668057665e-1, 2.0000714765e-1, -2.4999993993e-1, 3.3333331174e-1):
-        y = y * m + _f32(c)
+    m4 = z * z
+    q0 = _f32(3.3333331174e-1) + m * _f32(-2.4999993993e-1)
+    q1 = _f32(2.0000714765e-1) + m * _f32(-1.6668057665e-1)
+    q2 = _f32(1.4249322787e-1) + m * _f32(-1.2420140846e-1)
+    q3 = _f32(1.1676998740e-1) + m * _f32(-1.1514610310e-1)
+    y = ((q0 + z * q1) + m4 * (q2 + z * q3)) + (m4 * m4) * _f32(7.0376836292e-2)
     y = y * m * z
     y = y + e * _f32(-2.12194440e-4)
     y = y + z * _f32(-0.5)
