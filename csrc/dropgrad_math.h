@@ -9,7 +9,8 @@
 #if defined(__CUDACC__)
 #define DG_HD __host__ __device__ __forceinline__
 #else
-#define DG_HD inline
+// Forced: GCC otherwise leaves the larger ones (softplus) as calls, which stops vectorization.
+#define DG_HD inline __attribute__((always_inline))
 #endif
 
 namespace dg {

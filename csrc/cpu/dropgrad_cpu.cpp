@@ -139,35 +139,64 @@ void for_each_block(int64_t numel, int64_t offset, const Stream& st, const Body&
   });
 }
 
+// The element loops, one instantiation per dtype, cloned for AVX2. A nullable pointer (noise,
+// lr_vec, eps) is tested once per call, never per element, so each loop body vectorizes.
+
 // param - lr * (grad * n) in the op-math type; lr_vec (param's dtype) overrides lr when given.
-// The four variants keep the loop body branch-free so it vectorizes.
 template <typename scalar_t>
+__attribute__((target_clones("avx2", "default")))
 void update_range(const scalar_t* param, const scalar_t* grad, const scalar_t* lr_vec, double lr,
                   scalar_t* __restrict out, int64_t n, const float* noise) {
   using acc_t = at::opmath_type<scalar_t>;
-  const acc_t lr_s = static_cast<acc_t>(lr);
-  auto run = [&](auto get_lr, auto get_g) {
-    for (int64_t i = 0; i < n; ++i) out[i] = static_cast<scalar_t>(static_cast<acc_t>(param[i]) - get_lr(i) * get_g(i));
-  };
-  auto lr_of_vec = [&](int64_t i) { return static_cast<acc_t>(lr_vec[i]); };
-  auto lr_of_scalar = [&](int64_t) { return lr_s; };
-  auto noisy = [&](int64_t i) { return static_cast<acc_t>(grad[i]) * static_cast<acc_t>(noise[i]); };
-  auto plain = [&](int64_t i) { return static_cast<acc_t>(grad[i]); };
-  if (noise) {
-    lr_vec ? run(lr_of_vec, noisy) : run(lr_of_scalar, noisy);
+  const acc_t l = static_cast<acc_t>(lr);
+  auto x = [](auto v) { return static_cast<acc_t>(v); };
+  if (noise && lr_vec) {
+    for (int64_t i = 0; i < n; ++i) out[i] = static_cast<scalar_t>(x(param[i]) - x(lr_vec[i]) * (x(grad[i]) * x(noise[i])));
+  } else if (noise) {
+    for (int64_t i = 0; i < n; ++i) out[i] = static_cast<scalar_t>(x(param[i]) - l * (x(grad[i]) * x(noise[i])));
+  } else if (lr_vec) {
+    for (int64_t i = 0; i < n; ++i) out[i] = static_cast<scalar_t>(x(param[i]) - x(lr_vec[i]) * x(grad[i]));
   } else {
-    lr_vec ? run(lr_of_vec, plain) : run(lr_of_scalar, plain);
+    for (int64_t i = 0; i < n; ++i) out[i] = static_cast<scalar_t>(x(param[i]) - l * x(grad[i]));
   }
 }
 
-// Calls body(eps) with eps(i) the meta-dropout noise of element i of the block, or 0 when
-// deterministic: two instantiations, so neither loop tests for the noise per element.
-template <typename acc_t, typename Body>
-void with_eps(const float* nz, const Body& body) {
-  if (nz) {
-    body([nz](int64_t i) { return static_cast<acc_t>(nz[i]); });
+template <typename scalar_t>
+__attribute__((target_clones("avx2", "default")))
+void drop_grad_range(const scalar_t* grad, scalar_t* __restrict out, int64_t n, const float* noise) {
+  using acc_t = at::opmath_type<scalar_t>;
+  if (noise) {
+    for (int64_t i = 0; i < n; ++i) out[i] = static_cast<scalar_t>(static_cast<acc_t>(grad[i]) * static_cast<acc_t>(noise[i]));
   } else {
-    body([](int64_t) { return acc_t(0); });
+    for (int64_t i = 0; i < n; ++i) out[i] = grad[i];
+  }
+}
+
+// f * softplus(a + eps); eps nullptr when deterministic.
+template <typename scalar_t>
+__attribute__((target_clones("avx2", "default")))
+void meta_dropout_range(const scalar_t* f, const scalar_t* a, scalar_t* __restrict out, int64_t n, const float* eps) {
+  using acc_t = at::opmath_type<scalar_t>;
+  auto x = [](auto v) { return static_cast<acc_t>(v); };
+  if (eps) {
+    for (int64_t i = 0; i < n; ++i) out[i] = static_cast<scalar_t>(x(f[i]) * dg::softplus(x(a[i]) + x(eps[i])));
+  } else {
+    for (int64_t i = 0; i < n; ++i) out[i] = static_cast<scalar_t>(x(f[i]) * dg::softplus(x(a[i])));
+  }
+}
+
+// (grad_out * softplus(z), grad_out * f * softplus'(z)), z = a + eps.
+template <typename scalar_t>
+__attribute__((target_clones("avx2", "default")))
+void meta_dropout_backward_range(const scalar_t* gout, const scalar_t* f, const scalar_t* a, scalar_t* __restrict gf,
+                                 scalar_t* __restrict ga, int64_t n, const float* eps) {
+  using acc_t = at::opmath_type<scalar_t>;
+  auto x = [](auto v) { return static_cast<acc_t>(v); };
+  // No lambda for the shared body: GCC would not inline it into the AVX2 clone.
+  for (int64_t i = 0; i < n; ++i) {
+    const acc_t z = eps ? x(a[i]) + x(eps[i]) : x(a[i]);
+    gf[i] = static_cast<scalar_t>(x(gout[i]) * dg::softplus(z));
+    ga[i] = static_cast<scalar_t>((x(gout[i]) * x(f[i])) * dg::softplus_grad(z));
   }
 }
 
@@ -230,14 +259,10 @@ at::Tensor drop_grad_cpu(const at::Tensor& grad, double p, int64_t mode, int64_t
   at::Tensor out = at::empty_like(g);
   const Stream st = make_stream(p, mode, seed);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, g.scalar_type(), "drop_grad", [&] {
-    using acc_t = at::opmath_type<scalar_t>;
     const scalar_t* gp = g.data_ptr<scalar_t>();
     scalar_t* op = out.data_ptr<scalar_t>();
-    for_each_block(g.numel(), offset, st, [&](int64_t begin, int64_t n, const float* nz) {
-      for (int64_t i = 0; i < n; ++i) {
-        const acc_t v = static_cast<acc_t>(gp[begin + i]);
-        op[begin + i] = static_cast<scalar_t>(nz ? v * static_cast<acc_t>(nz[i]) : v);
-      }
+    for_each_block(g.numel(), offset, st, [&](int64_t b, int64_t n, const float* nz) {
+      drop_grad_range(gp + b, op + b, n, nz);
     });
   });
   return out;
@@ -323,17 +348,11 @@ at::Tensor meta_dropout_cpu(const at::Tensor& f, const at::Tensor& a, bool deter
   at::Tensor out = at::empty_like(fc);
   const Stream st = make_stream(0.0, deterministic ? dg::kNone : dg::kNormal, seed);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, fc.scalar_type(), "meta_dropout", [&] {
-    using acc_t = at::opmath_type<scalar_t>;
     const scalar_t* fp = fc.data_ptr<scalar_t>();
     const scalar_t* ap = ac.data_ptr<scalar_t>();
     scalar_t* op = out.data_ptr<scalar_t>();
     for_each_block(fc.numel(), offset, st, [&](int64_t b, int64_t n, const float* nz) {
-      with_eps<acc_t>(nz, [&](auto eps) {
-        for (int64_t i = 0; i < n; ++i) {
-          const acc_t z = static_cast<acc_t>(ap[b + i]) + eps(i);
-          op[b + i] = static_cast<scalar_t>(static_cast<acc_t>(fp[b + i]) * dg::softplus(z));
-        }
-      });
+      meta_dropout_range(fp + b, ap + b, op + b, n, nz);
     });
   });
   return out;
@@ -351,21 +370,13 @@ std::tuple<at::Tensor, at::Tensor> meta_dropout_backward_cpu(const at::Tensor& g
   at::Tensor ga = at::empty_like(fc);
   const Stream st = make_stream(0.0, deterministic ? dg::kNone : dg::kNormal, seed);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, fc.scalar_type(), "meta_dropout_backward", [&] {
-    using acc_t = at::opmath_type<scalar_t>;
     const scalar_t* gp = gc.data_ptr<scalar_t>();
     const scalar_t* fp = fc.data_ptr<scalar_t>();
     const scalar_t* ap = ac.data_ptr<scalar_t>();
     scalar_t* gfp = gf.data_ptr<scalar_t>();
     scalar_t* gap = ga.data_ptr<scalar_t>();
     for_each_block(fc.numel(), offset, st, [&](int64_t b, int64_t n, const float* nz) {
-      with_eps<acc_t>(nz, [&](auto eps) {
-        for (int64_t i = 0; i < n; ++i) {
-          const acc_t z = static_cast<acc_t>(ap[b + i]) + eps(i);
-          const acc_t g = static_cast<acc_t>(gp[b + i]);
-          gfp[b + i] = static_cast<scalar_t>(g * dg::softplus(z));
-          gap[b + i] = static_cast<scalar_t>((g * static_cast<acc_t>(fp[b + i])) * dg::softplus_grad(z));
-        }
-      });
+      meta_dropout_backward_range(gp + b, fp + b, ap + b, gfp + b, gap + b, n, nz);
     });
   });
   return {gf, ga};
