@@ -1,3 +1,5 @@
+import os
+
 import pytest
 import torch
 
@@ -5,11 +7,13 @@ import dropgrad_cuda as dg
 
 
 def _backends():
-    """(backend, device) pairs of the kernel backends; those this machine cannot run are reported as skipped.
-    The Triton backend joins this list when it lands."""
+    """(backend, device) pairs of the kernel backends; those this machine cannot run are reported as skipped."""
     gpu = torch.cuda.is_available()
     return [
         pytest.param(("cpu", "cpu"), id="cpu"),
+        pytest.param(("triton", "cpu"), id="triton-interpreter", marks=pytest.mark.skipif(
+            os.environ.get("TRITON_INTERPRET") != "1", reason="needs TRITON_INTERPRET=1")),
+        pytest.param(("triton", "cuda"), id="triton-cuda", marks=pytest.mark.skipif(not gpu, reason="needs a CUDA GPU")),
         pytest.param(("cuda", "cuda"), id="cuda", marks=pytest.mark.skipif(
             not (gpu and dg.cuda_kernels_built()), reason="needs a CUDA GPU and the CUDA kernels")),
     ]

@@ -1,5 +1,9 @@
 """The dropgrad:: ops as PyTorch sees them: opcheck (schema, fake tensors, autograd registration,
 AOT dispatch) and torch.compile(fullgraph=True) over them."""
+import os
+import subprocess
+import sys
+
 import pytest
 import torch
 
@@ -30,9 +34,18 @@ def test_every_op_has_a_sample():
     assert sorted({name for name, _ in samples()}) == sorted(OPS)
 
 
+def namespaces():
+    yield pytest.param("dropgrad", id="cpp")
+    yield pytest.param("dropgrad_triton", id="triton-interpreter", marks=pytest.mark.skipif(
+        os.environ.get("TRITON_INTERPRET") != "1", reason="needs TRITON_INTERPRET=1"))
+
+
+@pytest.mark.parametrize("namespace", list(namespaces()))
 @pytest.mark.parametrize("name,args", samples(), ids=[n for n, _ in samples()])
-def test_opcheck(name, args):
-    torch.library.opcheck(getattr(torch.ops.dropgrad, name).default, args)
+def test_opcheck(namespace, name, args):
+    if namespace == "dropgrad_triton":
+        dg.ops._triton_ops()
+    torch.library.opcheck(getattr(getattr(torch.ops, namespace), name).default, args)
 
 
 def test_compile_fullgraph_first_order():
@@ -53,3 +66,15 @@ def test_compile_fullgraph_first_order():
     # Inductor too, end to end on CPU.
     out2 = torch.compile(update, fullgraph=True)(w, b)
     assert torch.equal(out2, want)
+
+
+@pytest.mark.parametrize("arch", [80, 90])
+def test_triton_kernels_compile_ahead_of_time_without_spills(arch):
+    """Every Triton kernel and configuration the host launches, compiled for sm_80/sm_90 with no GPU."""
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    run = subprocess.run([sys.executable, "-m", "dropgrad_cuda.triton_kernels.aot", "--arch", str(arch)],
+                         capture_output=True, text=True, env=env, timeout=600)
+    assert run.returncode == 0, run.stdout + run.stderr
+    lines = [l for l in run.stdout.splitlines() if "registers" in l]
+    assert len(lines) == 68 and all("0 bytes spill stores, 0 bytes spill loads" in l for l in lines)
+    assert f"sm_{arch}: 0 failed or spilled" in run.stdout

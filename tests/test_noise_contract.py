@@ -93,10 +93,13 @@ def test_uniform_range_and_box_muller_accuracy():
 
 
 @pytest.mark.parametrize("p", [0.1, 0.2, 0.5])
-def test_noise_statistics(backend, p):
+def test_noise_statistics(p):
     """Keep rate 1-p and mean 1 for Bernoulli; mean 1, variance p/(1-p) for Gaussian; N(0,1) eps.
 
-    n = 2**20 samples: the standard error of a mean is sqrt(var/n) <= 1e-3, so 5e-3 bounds (5 sigma)."""
+    On the CPU kernels: every other backend is tested bit-exact (or within GAUSS_ULPS_GPU) against
+    the same reference, so it inherits these statistics without 2**20 samples through Triton's
+    interpreter. n = 2**20: bounds are 5 standard errors."""
+    backend = ("cpu", "cpu")
     n = 1 << 20
     b = kernel_noise(backend, n, p, "bernoulli", 11, 0).double()
     keep = (b > 0).double().mean()

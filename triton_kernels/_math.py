@@ -1,0 +1,156 @@
+"""The per-element math of the noise contract in Triton: csrc/dropgrad_math.h operation by
+operation (same constants, same order), so the interpreter matches the reference bit for bit and
+GPU builds launched with enable_fp_fusion=False do too."""
+import triton
+import triton.language as tl
+
+
+@triton.jit
+def uniform(w):
+    return tl.random.uint_to_uniform_float(w)
+
+
+@triton.jit
+def log_f(x):
+    b = x.to(tl.uint32, bitcast=True)
+    e = (((b >> 23) & 0xFF).to(tl.int32) - 126).to(tl.float32)
+    m = ((b & 0x807FFFFF) | 0x3F000000).to(tl.float32, bitcast=True)
+    small = m < 0.707106781186547524
+    e = e - tl.where(small, 1.0, 0.0)
+    m = tl.where(small, m + m, m) - 1.0
+    z = m * m
+    m4 = z * z
+    q0 = 3.3333331174e-1 + m * -2.4999993993e-1
+    q1 = 2.0000714765e-1 + m * -1.6668057665e-1
+    q2 = 1.4249322787e-1 + m * -1.2420140846e-1
+    q3 = 1.1676998740e-1 + m * -1.1514610310e-1
+    y = ((q0 + z * q1) + m4 * (q2 + z * q3)) + (m4 * m4) * 7.0376836292e-2
+    y = y * m * z
+    y = y + e * -2.12194440e-4
+    y = y + z * -0.5
+    return (m + y) + e * 0.693359375
+
+
+@triton.jit
+def sincos_f(t):
+    j = (t * 0.636619772367581343 + 0.5).to(tl.int32)
+    jf = j.to(tl.float32)
+    y = t - jf * 1.5703125
+    y = y - jf * 4.837512969970703125e-4
+    y = y - jf * 7.54978995489188216e-8
+    z = y * y
+    ps = -1.9515295891e-4 * z + 8.3321608736e-3
+    ps = ps * z + -1.6666654611e-1
+    sy = y + (y * z) * ps
+    pc = 2.443315711809948e-5 * z + -1.388731625493765e-3
+    pc = pc * z + 4.166664568298827e-2
+    cy = (1.0 - z * 0.5) + (z * z) * pc
+    q = j & 3
+    odd = (q & 1) == 1
+    sv = tl.where(odd, cy, sy)
+    cv = tl.where(odd, sy, cy)
+    return tl.where((q & 2) == 2, -sv, sv), tl.where(((q + 1) & 2) == 2, -cv, cv)
+
+
+@triton.jit
+def box_muller(w_even, w_odd):
+    u1 = uniform(w_even)
+    u1 = tl.where(u1 < 1e-7, 1e-7, u1)
+    th = 6.283185307179586 * uniform(w_odd)
+    r = tl.sqrt_rn(log_f(u1) * -2.0)
+    s, c = sincos_f(th)
+    return r * c, r * s
+
+
+@triton.jit
+def tile4(n0, n1, n2, n3):
+    """(R,) x 4 -> (R, 4): word i of counter r becomes element 4r + i."""
+    col = tl.arange(0, 4)[None, :]
+    return tl.where(col == 0, n0[:, None], tl.where(col == 1, n1[:, None], tl.where(col == 2, n2[:, None], n3[:, None])))
+
+
+@triton.jit
+def noise_tile(seed, q, p, scale, sigma, MODE: tl.constexpr):
+    """float32 noise (R, 4) of the Philox counters q (int64, (R,)); MODE as csrc/dropgrad_math.h."""
+    zero = tl.zeros(q.shape, tl.uint32)
+    # Counter (q lo, q hi, 0, 0) with 32-bit words: an int64 offset in tl.randint4x could switch
+    # Triton to Philox4x64, which the contract does not use.
+    c0, c1, c2, c3 = tl.philox(seed, (q & 0xFFFFFFFF).to(tl.uint32), (q >> 32).to(tl.uint32), zero, zero)
+    if MODE == 1:
+        n = tile4(tl.where(uniform(c0) > p, scale, 0.0), tl.where(uniform(c1) > p, scale, 0.0),
+                  tl.where(uniform(c2) > p, scale, 0.0), tl.where(uniform(c3) > p, scale, 0.0))
+    else:
+        z0, z1 = box_muller(c0, c1)
+        z2, z3 = box_muller(c2, c3)
+        n = tile4(z0, z1, z2, z3)
+        if MODE == 2:
+            n = 1.0 + sigma * n
+    return n
+
+
+@triton.jit
+def exp_f(x0):
+    x = tl.where(x0 < -87.3, -87.3, x0)
+    x = tl.where(x > 88.0, 88.0, x)
+    n = (x * 1.44269504088896341 + 12582912.0) - 12582912.0
+    i = n.to(tl.int32)
+    x = x - n * 0.693359375
+    x = x - n * -2.12194440e-4
+    z = x * x
+    y = 1.9875691500e-4 * x + 1.3981999507e-3
+    y = y * x + 8.3334519073e-3
+    y = y * x + 4.1665795894e-2
+    y = y * x + 1.6666665459e-1
+    y = y * x + 5.0000001201e-1
+    y = (y * z + x) + 1.0
+    y = y * ((i + 127).to(tl.uint32) << 23).to(tl.float32, bitcast=True)
+    y = tl.where(x0 < -87.3, 0.0, y)
+    return tl.where(x0 > 88.0, float("inf"), y)
+
+
+@triton.jit
+def log1p_of(t, u_log):
+    """log(1 + t) given log(1 + t rounded): Goldberg's correction, exact for tiny t."""
+    u = 1.0 + t
+    d = u - 1.0
+    d1 = tl.where(d == 0.0, 1.0, d)
+    if t.dtype == tl.float64:
+        r = u_log * (t / d1)  # float64 division is IEEE on every target
+    else:
+        r = u_log * tl.div_rn(t, d1)
+    return tl.where(d == 0.0, t, r)
+
+
+@triton.jit
+def softplus(z):
+    """PyTorch's softplus (threshold 20): the float32 polynomials, or exp/log in float64."""
+    if z.dtype == tl.float64:
+        t = tl.exp(z)
+        r = log1p_of(t, tl.log(1.0 + t))
+        return tl.where(z > 20.0, z, r)
+    else:
+        t = exp_f(-tl.abs(z))
+        r = tl.where(z > 0.0, z, 0.0) + log1p_of(t, log_f(1.0 + t))
+        return tl.where(z > 20.0, z, r)
+
+
+@triton.jit
+def softplus_grad(z):
+    if z.dtype == tl.float64:
+        r = 1.0 / (1.0 + tl.exp(-z))
+    else:
+        r = tl.div_rn(1.0, 1.0 + exp_f(-z))
+    return tl.where(z > 20.0, 1.0, r)
+
+
+@triton.jit
+def cast_out(x, DT: tl.constexpr):
+    """x (float32/float64) in the output dtype, rounded to nearest even. bfloat16 is rounded by
+    hand, as c10::BFloat16 does: Triton's interpreter truncates it, the GPU rounds; this agrees on both."""
+    if DT == tl.bfloat16:
+        b = x.to(tl.float32).to(tl.uint32, bitcast=True)
+        r = (b + 0x7FFF + ((b >> 16) & 1)) >> 16
+        r = tl.where(x != x, 0x7FC0, r)
+        return r.to(tl.uint16).to(tl.bfloat16, bitcast=True)
+    else:
+        return x.to(DT)

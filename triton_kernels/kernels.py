@@ -1,0 +1,127 @@
+"""The Triton kernels of the dropgrad ops. Each program covers ROWS Philox counters, i.e. a
+(ROWS, 4) tile of 4*ROWS consecutive elements, so every Philox call serves four elements.
+
+ROWS = 256 (1024 elements, 4 warps: 8 elements a thread). Every op here is memory-bound on a GPU
+(2-3 streams of 4 bytes an element against ~200 float32 operations of Philox and Box-Muller a
+counter, under the H100's ~60 flop/byte ridge), so the tile only needs enough bytes in flight
+per SM; 1024-element tiles give 12-16 KiB per program, and 64-bit indices cost nothing here.
+Seed, counter base, sizes and the scalars are runtime arguments, never specialized on, so a new
+seed or offset does not recompile.
+"""
+import triton
+import triton.language as tl
+
+from ._math import cast_out, noise_tile, softplus, softplus_grad
+
+ROWS = 256
+ROWS_C = tl.constexpr(ROWS)
+NUM_WARPS = 4
+RUNTIME = ["n", "seed", "q0", "p", "scale", "sigma"]
+
+# What an elementwise kernel writes: the noise itself, grad * n, or param - lr * (grad * n).
+NOISE, DROP_GRAD, UPDATE = 0, 1, 2
+
+
+@triton.jit
+def _tile(n):
+    rows = tl.program_id(0).to(tl.int64) * ROWS_C + tl.arange(0, ROWS_C).to(tl.int64)
+    idx = rows[:, None] * 4 + tl.arange(0, 4)[None, :].to(tl.int64)
+    return rows, idx, idx < n
+
+
+
+@triton.jit(do_not_specialize=RUNTIME)
+def elementwise_kernel(out_ptr, grad_ptr, param_ptr, lr_ptr, n, seed, q0, p, scale, sigma,
+                       KIND: tl.constexpr, MODE: tl.constexpr, LR_FULL: tl.constexpr, ACC: tl.constexpr):
+    rows, idx, mask = _tile(n)
+    if MODE == 0:
+        nz = tl.full((ROWS_C, 4), 1.0, tl.float32)
+    else:
+        nz = noise_tile(seed, q0 + rows, p, scale, sigma, MODE)
+    if KIND == 0:
+        tl.store(out_ptr + idx, nz, mask=mask)
+    else:
+        g = tl.load(grad_ptr + idx, mask=mask).to(ACC)
+        if MODE != 0:
+            g = g * nz.to(ACC)
+        if KIND == 1:
+            tl.store(out_ptr + idx, cast_out(g, out_ptr.dtype.element_ty), mask=mask)
+        else:
+            if LR_FULL:
+                lr = tl.load(lr_ptr + idx, mask=mask).to(ACC)
+            else:
+                lr = tl.load(lr_ptr).to(ACC)
+            w = tl.load(param_ptr + idx, mask=mask).to(ACC)
+            tl.store(out_ptr + idx, cast_out(w - lr * g, out_ptr.dtype.element_ty), mask=mask)
+
+
+# One row of the step kernel's table per tensor: pointers as int64 and the tensor's layout.
+TABLE_COLUMNS = ("param", "grad", "out", "lr", "numel", "q0", "first_block", "lr_is_full")
+PARAM, GRAD, OUT, LR, NUMEL, Q0, FIRST_BLOCK, LR_IS_FULL, TABLE_COLS = (tl.constexpr(i) for i in range(9))
+
+
+@triton.jit(do_not_specialize=["seed", "p", "scale", "sigma"])
+def step_kernel(table_ptr, block_tensor_ptr, seed, p, scale, sigma, MODE: tl.constexpr, DTYPE: tl.constexpr,
+                ACC: tl.constexpr):
+    """dropgrad_update over a list of tensors of one dtype in one launch, in the way of apex's
+    multi_tensor_apply: block_tensor[i] names the tensor (table row) program i works on."""
+    pid = tl.program_id(0).to(tl.int64)
+    row = table_ptr + tl.load(block_tensor_ptr + pid).to(tl.int64) * TABLE_COLS
+    n = tl.load(row + NUMEL)
+    local = pid - tl.load(row + FIRST_BLOCK)
+    rows = local * ROWS_C + tl.arange(0, ROWS_C).to(tl.int64)
+    idx = rows[:, None] * 4 + tl.arange(0, 4)[None, :].to(tl.int64)
+    mask = idx < n
+    g = tl.load(tl.load(row + GRAD).to(tl.pointer_type(DTYPE)) + idx, mask=mask).to(ACC)
+    if MODE != 0:
+        g = g * noise_tile(seed, tl.load(row + Q0) + rows, p, scale, sigma, MODE).to(ACC)
+    lr_ptr = tl.load(row + LR)
+    full = tl.load(row + LR_IS_FULL) != 0
+    # A full-shape lr has the param's dtype; a scalar one was converted to the compute dtype.
+    lr_vec = tl.load(lr_ptr.to(tl.pointer_type(DTYPE)) + idx, mask=mask & full).to(ACC)
+    lr_one = tl.load(lr_ptr.to(tl.pointer_type(ACC)), mask=~full, other=0.0)
+    lr = tl.where(full, lr_vec, lr_one)
+    w = tl.load(tl.load(row + PARAM).to(tl.pointer_type(DTYPE)) + idx, mask=mask).to(ACC)
+    tl.store(tl.load(row + OUT).to(tl.pointer_type(DTYPE)) + idx, cast_out(w - lr * g, DTYPE), mask=mask)
+
+
+@triton.jit(do_not_specialize=RUNTIME)
+def meta_dropout_kernel(out_ptr, f_ptr, a_ptr, n, seed, q0, p, scale, sigma, NOISY: tl.constexpr, ACC: tl.constexpr):
+    rows, idx, mask = _tile(n)
+    z = tl.load(a_ptr + idx, mask=mask).to(ACC)
+    if NOISY:
+        z = z + noise_tile(seed, q0 + rows, p, scale, sigma, 3).to(ACC)
+    f = tl.load(f_ptr + idx, mask=mask).to(ACC)
+    tl.store(out_ptr + idx, cast_out(f * softplus(z), out_ptr.dtype.element_ty), mask=mask)
+
+
+@triton.jit(do_not_specialize=RUNTIME)
+def meta_dropout_backward_kernel(gf_ptr, ga_ptr, gout_ptr, f_ptr, a_ptr, n, seed, q0, p, scale, sigma,
+                                 NOISY: tl.constexpr, ACC: tl.constexpr):
+    """Regenerates eps from (seed, q0) instead of reading a saved mask."""
+    rows, idx, mask = _tile(n)
+    z = tl.load(a_ptr + idx, mask=mask).to(ACC)
+    if NOISY:
+        z = z + noise_tile(seed, q0 + rows, p, scale, sigma, 3).to(ACC)
+    g = tl.load(gout_ptr + idx, mask=mask).to(ACC)
+    f = tl.load(f_ptr + idx, mask=mask).to(ACC)
+    tl.store(gf_ptr + idx, cast_out(g * softplus(z), gf_ptr.dtype.element_ty), mask=mask)
+    tl.store(ga_ptr + idx, cast_out((g * f) * softplus_grad(z), ga_ptr.dtype.element_ty), mask=mask)
+
+
+@triton.jit(do_not_specialize=["n"])
+def philox_kernel(out_ptr, counter_ptr, key_ptr, n, BLOCK: tl.constexpr):
+    """The raw generator on (n, 4) counters and (n, 2) keys of 32-bit words held in int64."""
+    i = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK).to(tl.int64)
+    m = i < n
+    c0 = tl.load(counter_ptr + i * 4, mask=m).to(tl.uint32)
+    c1 = tl.load(counter_ptr + i * 4 + 1, mask=m).to(tl.uint32)
+    c2 = tl.load(counter_ptr + i * 4 + 2, mask=m).to(tl.uint32)
+    c3 = tl.load(counter_ptr + i * 4 + 3, mask=m).to(tl.uint32)
+    k0 = tl.load(key_ptr + i * 2, mask=m).to(tl.uint32)
+    k1 = tl.load(key_ptr + i * 2 + 1, mask=m).to(tl.uint32)
+    r0, r1, r2, r3 = tl.random.philox_impl(c0, c1, c2, c3, k0, k1)
+    tl.store(out_ptr + i * 4, r0.to(tl.int64), mask=m)
+    tl.store(out_ptr + i * 4 + 1, r1.to(tl.int64), mask=m)
+    tl.store(out_ptr + i * 4 + 2, r2.to(tl.int64), mask=m)
+    tl.store(out_ptr + i * 4 + 3, r3.to(tl.int64), mask=m)

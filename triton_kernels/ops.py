@@ -1,0 +1,145 @@
+"""Host side of the Triton backend: launches the kernels and registers them as
+torch.ops.dropgrad_triton.*, with the schemas of the C++ dropgrad:: ops and the same autograd."""
+import math
+
+import torch
+import triton
+
+from dropgrad_cuda import _autograd
+from dropgrad_cuda.reference import stream_offsets
+
+from . import kernels as K
+
+NAMESPACE = "dropgrad_triton"
+_lib = torch.library.Library(NAMESPACE, "DEF")
+
+
+def _acc(dtype):
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def _tl(dtype):
+    return getattr(triton.language, str(dtype).split(".")[-1])
+
+
+def _scalars(p):
+    """float32 Bernoulli threshold, 1/(1-p) and sqrt(p/(1-p)), rounded from double as in dg::make_noise_params."""
+    return p, 1.0 / (1.0 - p), math.sqrt(p / (1.0 - p))
+
+
+def _mode(p, mode):
+    return 0 if (p == 0.0 and mode != 3) else mode
+
+
+def _grid(numel):
+    return (triton.cdiv(numel, 4 * K.ROWS),)
+
+
+def _launch(kernel, grid, *args, **meta):
+    # enable_fp_fusion=False: no FMA contraction on the GPU, as the contract's operation order needs.
+    if grid[0] > 0:
+        kernel[grid](*args, num_warps=K.NUM_WARPS, enable_fp_fusion=False, **meta)
+
+
+def _scalar_lr(lr_tensor, lr, like):
+    """A one-element lr as a 0-d tensor of the compute dtype (read like the C++ kernels' double)."""
+    src = lr_tensor if lr_tensor is not None else torch.tensor(lr, dtype=torch.float64)
+    return src.detach().reshape(()).to(device=like.device, dtype=_acc(like.dtype))
+
+
+def _elementwise(kind, out, grad, param, lr_t, numel, p, mode, seed, offset):
+    lr_full = lr_t is not None and lr_t.dim() > 0
+    _launch(K.elementwise_kernel, _grid(numel), out, grad if grad is not None else out, param if param is not None else out,
+            lr_t if lr_t is not None else out, numel, seed, offset // 4, *_scalars(p),
+            KIND=kind, MODE=_mode(p, mode), LR_FULL=lr_full, ACC=_tl(_acc(out.dtype)))
+    return out
+
+
+def noise(like, p, mode, seed, offset):
+    out = torch.empty(like.shape, dtype=torch.float32, device=like.device)
+    return _elementwise(K.NOISE, out, None, None, None, out.numel(), p, mode, seed, offset)
+
+
+def drop_grad(grad, p, mode, seed, offset):
+    g = grad.contiguous()
+    return _elementwise(K.DROP_GRAD, torch.empty_like(g), g, None, None, g.numel(), p, mode, seed, offset)
+
+
+def _lr_arg(lr_tensor, lr, param):
+    if lr_tensor is not None and lr_tensor.dim() > 0:  # full shape, param's dtype
+        return lr_tensor.detach().contiguous()
+    return _scalar_lr(lr_tensor, lr, param)
+
+
+def dropgrad_update(param, grad, lr_tensor, lr, p, mode, seed, offset):
+    w, g = param.contiguous(), grad.contiguous()
+    return _elementwise(K.UPDATE, torch.empty_like(w), g, w, _lr_arg(lr_tensor, lr, w), w.numel(), p, mode, seed, offset)
+
+
+def dropgrad_step(params, grads, lrs, lr, p, mode, seed, offset):
+    """One launch per dtype present in the list (a single launch for the usual all-float32 list)."""
+    ws = [w.contiguous() for w in params]
+    gs = [g.contiguous() for g in grads]
+    outs = [torch.empty_like(w) for w in ws]
+    lr_args = [_lr_arg(lrs[k] if lrs else None, lr, w) for k, w in enumerate(ws)]  # kept alive until launched
+    offsets = stream_offsets([w.numel() for w in ws], offset)
+    by_dtype = {}
+    for k, w in enumerate(ws):
+        if w.numel():
+            by_dtype.setdefault(w.dtype, []).append(k)
+    for dtype, ks in by_dtype.items():
+        rows, blocks, first = [], [], 0
+        for k in ks:
+            cells = {"param": ws[k].data_ptr(), "grad": gs[k].data_ptr(), "out": outs[k].data_ptr(),
+                     "lr": lr_args[k].data_ptr(), "numel": ws[k].numel(), "q0": offsets[k] // 4,
+                     "first_block": first, "lr_is_full": int(lr_args[k].dim() > 0)}
+            rows.append([cells[c] for c in K.TABLE_COLUMNS])
+            blocks.append(_grid(ws[k].numel())[0])
+            first += blocks[-1]
+        device = ws[ks[0]].device
+        table = torch.tensor(rows, dtype=torch.int64).to(device, non_blocking=True)
+        block_tensor = torch.repeat_interleave(torch.arange(len(ks), dtype=torch.int32), torch.tensor(blocks))
+        block_tensor = block_tensor.to(device, non_blocking=True)
+        _launch(K.step_kernel, (first,), table, block_tensor, seed, *_scalars(p), MODE=_mode(p, mode),
+                DTYPE=_tl(dtype), ACC=_tl(_acc(dtype)))
+    return outs
+
+
+def meta_dropout(f, a, deterministic, seed, offset):
+    fc, ac = f.contiguous(), a.contiguous()
+    out = torch.empty_like(fc)
+    _launch(K.meta_dropout_kernel, _grid(fc.numel()), out, fc, ac, fc.numel(), seed, offset // 4, *_scalars(0.0),
+            NOISY=not deterministic, ACC=_tl(_acc(fc.dtype)))
+    return out
+
+
+def meta_dropout_backward(grad_out, f, a, deterministic, seed, offset):
+    fc, ac = f.contiguous(), a.contiguous()
+    g = grad_out.contiguous().to(fc.dtype)
+    gf, ga = torch.empty_like(fc), torch.empty_like(fc)
+    _launch(K.meta_dropout_backward_kernel, _grid(fc.numel()), gf, ga, g, fc, ac, fc.numel(), seed, offset // 4,
+            *_scalars(0.0), NOISY=not deterministic, ACC=_tl(_acc(fc.dtype)))
+    return gf, ga
+
+
+def philox4x32_10(counter, key):
+    c, k = counter.contiguous(), key.contiguous()
+    out = torch.empty_like(c)
+    n = c.numel() // 4
+    _launch(K.philox_kernel, (triton.cdiv(n, 1024),), out, c, k, n, BLOCK=1024)
+    return out
+
+
+def _register():
+    impls = {"philox4x32_10": philox4x32_10, "noise": noise, "drop_grad": drop_grad, "dropgrad_update": dropgrad_update,
+             "dropgrad_step": dropgrad_step, "meta_dropout": meta_dropout, "meta_dropout_backward": meta_dropout_backward}
+    for name, fn in impls.items():
+        schema = str(getattr(torch.ops.dropgrad, name).default._schema).split("::", 1)[1]
+        _lib.define(schema)
+        # CPU runs only under TRITON_INTERPRET=1; dropgrad_cuda.ops checks that before dispatching here.
+        _lib.impl(name, fn, "CPU")
+        _lib.impl(name, fn, "CUDA")
+    _autograd.register(getattr(torch.ops, NAMESPACE), NAMESPACE)
+
+
+_register()
