@@ -42,7 +42,7 @@ DG_HD float uniform(uint32_t w) {
 }
 
 DG_HD float bits_to_float(uint32_t b) {
-#if defined(__CUDACC__)
+#if defined(__CUDA_ARCH__)
   return __uint_as_float(b);
 #else
   float f;
@@ -52,7 +52,7 @@ DG_HD float bits_to_float(uint32_t b) {
 }
 
 DG_HD uint32_t float_to_bits(float f) {
-#if defined(__CUDACC__)
+#if defined(__CUDA_ARCH__)
   return __float_as_uint(f);
 #else
   uint32_t b;
@@ -181,6 +181,33 @@ DG_HD float log1p_f(float t) {
   const float d = u - 1.0f;
   const float r = log_f(u) * (t / (d == 0.0f ? 1.0f : d));
   return d == 0.0f ? t : r;
+}
+
+// The four noise values of Philox counter q (elements 4q .. 4q+3 of the stream): the unit of work
+// of a CUDA thread.
+DG_HD void noise4(const NoiseParams& np, uint64_t q, uint32_t k0, uint32_t k1, float n[4]) {
+  uint32_t c[4];
+  words4(q, k0, k1, c);
+  if (np.mode == kBernoulli) {
+    for (int i = 0; i < 4; ++i) n[i] = bernoulli(np.p, np.scale, c[i]);
+  } else {
+    box_muller(c[0], c[1], &n[0], &n[1]);
+    box_muller(c[2], c[3], &n[2], &n[3]);
+    if (np.mode == kGaussian) {
+      for (int i = 0; i < 4; ++i) n[i] = gaussian(np.sigma, n[i]);
+    }
+  }
+}
+
+// A stream's constants and Philox key, as the host passes them to a kernel.
+struct Stream {
+  NoiseParams np;
+  uint32_t k0, k1;
+};
+
+inline Stream make_stream(double p, int64_t mode, int64_t seed) {
+  const uint64_t s = static_cast<uint64_t>(seed);
+  return {make_noise_params(mode, p), static_cast<uint32_t>(s), static_cast<uint32_t>(s >> 32)};
 }
 
 // PyTorch's softplus (beta 1, threshold 20) and its derivative, in the compute type T. The

@@ -9,7 +9,7 @@ import torch
 
 import dropgrad_cuda as dg
 
-OPS = ["philox4x32_10", "noise", "drop_grad", "dropgrad_update", "dropgrad_step", "meta_dropout", "meta_dropout_backward"]
+OPS = dg.ops.OP_NAMES
 
 
 def samples():

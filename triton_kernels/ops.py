@@ -6,6 +6,7 @@ import torch
 import triton
 
 from dropgrad_cuda import _autograd
+from dropgrad_cuda.ops import OP_NAMES
 from dropgrad_cuda.reference import stream_offsets
 
 from . import kernels as K
@@ -131,9 +132,9 @@ def philox4x32_10(counter, key):
 
 
 def _register():
-    impls = {"philox4x32_10": philox4x32_10, "noise": noise, "drop_grad": drop_grad, "dropgrad_update": dropgrad_update,
-             "dropgrad_step": dropgrad_step, "meta_dropout": meta_dropout, "meta_dropout_backward": meta_dropout_backward}
-    for name, fn in impls.items():
+    impls = globals()
+    for name in OP_NAMES:
+        fn = impls[name]
         schema = str(getattr(torch.ops.dropgrad, name).default._schema).split("::", 1)[1]
         _lib.define(schema)
         # CPU runs only under TRITON_INTERPRET=1; dropgrad_cuda.ops checks that before dispatching here.

@@ -17,15 +17,8 @@ namespace {
 constexpr int64_t kBlock = 512;  // elements per noise buffer: 128 Philox calls, 2 KiB of floats
 constexpr int64_t kGrainBlocks = 16;
 
-struct Stream {
-  dg::NoiseParams np;
-  uint32_t k0, k1;
-};
-
-Stream make_stream(double p, int64_t mode, int64_t seed) {
-  const uint64_t s = static_cast<uint64_t>(seed);
-  return {dg::make_noise_params(mode, p), static_cast<uint32_t>(s), static_cast<uint32_t>(s >> 32)};
-}
+using dg::make_stream;
+using dg::Stream;
 
 // The words of `count` (<= kBlock / 4) consecutive Philox counters from q0, word-major:
 // w[i][j] is word i of counter q0 + j. The AVX2 version runs eight counters per instruction

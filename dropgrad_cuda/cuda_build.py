@@ -1,0 +1,54 @@
+"""What the built CUDA kernels are: architectures and per-kernel resources, read from the library
+with cuobjdump (the one Triton's wheel ships), no GPU needed.
+
+    python -m dropgrad_cuda.cuda_build      prints the resource table of every kernel and arch
+"""
+import os
+import re
+import subprocess
+import sys
+
+import triton
+
+from . import _C
+
+
+def cuobjdump():
+    return os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "cuobjdump")
+
+
+def resource_usage(library=_C.__file__):
+    """[(arch, kernel, registers, stack bytes, local bytes)] for every CUDA kernel in the library."""
+    out = subprocess.run([cuobjdump(), "--dump-resource-usage", library], capture_output=True, text=True,
+                         check=True).stdout
+    rows, arch, kernel = [], None, None
+    for line in out.splitlines():
+        if m := re.match(r"\s*arch = (sm_\d+)", line):
+            arch = m.group(1)
+        elif m := re.match(r"\s*Function (\S+):", line):
+            kernel = m.group(1)
+        elif m := re.match(r"\s*REG:(\d+) STACK:(\d+) SHARED:\d+ LOCAL:(\d+)", line):
+            rows.append((arch, _short(kernel), int(m.group(1)), int(m.group(2)), int(m.group(3))))
+    return rows
+
+
+def _short(mangled):
+    """'..._cu_68921f9028meta_dropout_backward_kernelI13__nv_bfloat16EEv...' -> 'meta_dropout_backward_kernel<__nv_bfloat16>'."""
+    m = re.search(r"([a-z][a-z_]*_kernel)(?:I(\d+)?([A-Za-z_]\w*?)E)?", mangled)
+    if not m:
+        return mangled
+    name, ty = m.group(1), m.group(3)
+    types = {"f": "float", "d": "double"}
+    return f"{name}<{types.get(ty, ty)}>" if ty else name
+
+
+def main():
+    rows = resource_usage()
+    print("| arch | kernel | registers | stack bytes | local (spill) bytes |\n| --- | --- | ---: | ---: | ---: |")
+    for r in rows:
+        print("| " + " | ".join(map(str, r)) + " |")
+    return 0 if rows and all(r[3] == 0 and r[4] == 0 for r in rows) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
