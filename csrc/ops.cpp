@@ -1,6 +1,10 @@
 // Schemas of the dropgrad:: ops, written once; kernels register per dispatch key in csrc/cpu and
 // csrc/cuda, autograd and fake (meta) implementations in dropgrad_cuda/_autograd.py.
 // mode: 0 none, 1 bernoulli, 2 gaussian, 3 normal (raw N(0,1), the meta-dropout epsilon).
+// rng_state: an int64 tensor [seed, offset] on the op's device that, when given, replaces the
+// seed argument and adds its offset to the offset argument, read when the kernel runs;
+// cuda_rng_state fills one from torch's CUDA generator on the device, so a captured CUDA graph
+// draws fresh noise on every replay, and backward reuses the state of its forward.
 #include <Python.h>
 #include <torch/library.h>
 
@@ -14,16 +18,18 @@ PyObject* PyInit__C(void) {
 
 TORCH_LIBRARY(dropgrad, m) {
   m.def("philox4x32_10(Tensor counter, Tensor key) -> Tensor");
-  m.def("noise(Tensor like, float p, int mode, int seed, int offset) -> Tensor");
-  m.def("drop_grad(Tensor grad, float p, int mode, int seed, int offset) -> Tensor");
+  m.def("noise(Tensor like, float p, int mode, int seed, int offset, Tensor? rng_state=None) -> Tensor");
+  m.def("drop_grad(Tensor grad, float p, int mode, int seed, int offset, Tensor? rng_state=None) -> Tensor");
   m.def(
       "dropgrad_update(Tensor param, Tensor grad, Tensor? lr_tensor, float lr, float p, int mode, "
-      "int seed, int offset) -> Tensor");
+      "int seed, int offset, Tensor? rng_state=None) -> Tensor");
   m.def(
       "dropgrad_step(Tensor[] params, Tensor[] grads, Tensor[] lrs, float lr, float p, int mode, "
-      "int seed, int offset) -> Tensor[]");
-  m.def("meta_dropout(Tensor f, Tensor a, bool deterministic, int seed, int offset) -> Tensor");
+      "int seed, int offset, Tensor? rng_state=None) -> Tensor[]");
+  m.def(
+      "meta_dropout(Tensor f, Tensor a, bool deterministic, int seed, int offset, Tensor? rng_state=None) -> Tensor");
   m.def(
       "meta_dropout_backward(Tensor grad_out, Tensor f, Tensor a, bool deterministic, int seed, "
-      "int offset) -> (Tensor, Tensor)");
+      "int offset, Tensor? rng_state=None) -> (Tensor, Tensor)");
+  m.def("cuda_rng_state(Tensor like, int numel) -> Tensor");
 }

@@ -27,73 +27,76 @@ def register(ns, qualname_prefix):
         return torch.empty_like(counter)
 
     @torch.library.register_fake(q("noise"))
-    def _(like, p, mode, seed, offset):
+    def _(like, p, mode, seed, offset, rng_state=None):
         return torch.empty(like.shape, dtype=torch.float32, device=like.device)
 
     @torch.library.register_fake(q("drop_grad"))
-    def _(grad, p, mode, seed, offset):
+    def _(grad, p, mode, seed, offset, rng_state=None):
         return torch.empty_like(grad, memory_format=torch.contiguous_format)
 
     @torch.library.register_fake(q("dropgrad_update"))
-    def _(param, grad, lr_tensor, lr, p, mode, seed, offset):
+    def _(param, grad, lr_tensor, lr, p, mode, seed, offset, rng_state=None):
         return torch.empty_like(param, memory_format=torch.contiguous_format)
 
     @torch.library.register_fake(q("dropgrad_step"))
-    def _(params, grads, lrs, lr, p, mode, seed, offset):
+    def _(params, grads, lrs, lr, p, mode, seed, offset, rng_state=None):
         return [torch.empty_like(w, memory_format=torch.contiguous_format) for w in params]
 
     @torch.library.register_fake(q("meta_dropout"))
-    def _(f, a, deterministic, seed, offset):
+    def _(f, a, deterministic, seed, offset, rng_state=None):
         return torch.empty_like(f, memory_format=torch.contiguous_format)
 
     @torch.library.register_fake(q("meta_dropout_backward"))
-    def _(grad_out, f, a, deterministic, seed, offset):
+    def _(grad_out, f, a, deterministic, seed, offset, rng_state=None):
         return (torch.empty_like(f, memory_format=torch.contiguous_format),
                 torch.empty_like(f, memory_format=torch.contiguous_format))
 
     # ---- drop_grad: linear in grad, so its backward is itself with the same stream ----
     def drop_grad_setup(ctx, inputs, output):
-        _, ctx.p, ctx.mode, ctx.seed, ctx.offset = inputs
+        _, ctx.p, ctx.mode, ctx.seed, ctx.offset, rng_state = inputs
+        ctx.save_for_backward(rng_state)
 
     def drop_grad_backward(ctx, gout):
-        return ns.drop_grad(gout, ctx.p, ctx.mode, ctx.seed, ctx.offset), None, None, None, None
+        (rng_state,) = ctx.saved_tensors
+        return ns.drop_grad(gout, ctx.p, ctx.mode, ctx.seed, ctx.offset, rng_state), None, None, None, None, None
 
     torch.library.register_autograd(q("drop_grad"), drop_grad_backward, setup_context=drop_grad_setup)
 
     # ---- dropgrad_update: d/dparam = 1, d/dgrad = -lr * n, d/dlr = -(grad * n) ----
-    def update_grads(gout, grad, lr_tensor, lr, p, mode, seed, offset, needs):
+    def update_grads(gout, grad, lr_tensor, lr, p, mode, seed, offset, rng_state, needs):
         l = lr_tensor if lr_tensor is not None else lr
         d_param = gout if needs[0] else None
-        d_grad = ns.drop_grad(gout, p, mode, seed, offset) * -l if needs[1] else None
+        d_grad = ns.drop_grad(gout, p, mode, seed, offset, rng_state) * -l if needs[1] else None
         d_lr = None
         if lr_tensor is not None and needs[2]:
-            d_lr = _reduce_like(-(ns.drop_grad(grad, p, mode, seed, offset) * gout), lr_tensor)
+            d_lr = _reduce_like(-(ns.drop_grad(grad, p, mode, seed, offset, rng_state) * gout), lr_tensor)
         return d_param, d_grad, d_lr
 
     def update_setup(ctx, inputs, output):
-        _, grad, lr_tensor, ctx.lr, ctx.p, ctx.mode, ctx.seed, ctx.offset = inputs
+        _, grad, lr_tensor, ctx.lr, ctx.p, ctx.mode, ctx.seed, ctx.offset, rng_state = inputs
         # Only inputs are saved (grad only when the lr gradient needs it), never the noise.
         lr_needs = lr_tensor is not None and lr_tensor.requires_grad
-        ctx.save_for_backward(grad if lr_needs else None, lr_tensor)
+        ctx.save_for_backward(grad if lr_needs else None, lr_tensor, rng_state)
 
     def update_backward(ctx, gout):
-        grad, lr_tensor = ctx.saved_tensors
-        d = update_grads(gout, grad, lr_tensor, ctx.lr, ctx.p, ctx.mode, ctx.seed, ctx.offset, ctx.needs_input_grad)
-        return (*d, None, None, None, None, None)
+        grad, lr_tensor, rng_state = ctx.saved_tensors
+        d = update_grads(gout, grad, lr_tensor, ctx.lr, ctx.p, ctx.mode, ctx.seed, ctx.offset, rng_state,
+                         ctx.needs_input_grad)
+        return (*d, None, None, None, None, None, None)
 
     torch.library.register_autograd(q("dropgrad_update"), update_backward, setup_context=update_setup)
 
     # ---- dropgrad_step: the same per tensor, each on its slice of the stream ----
     def step_setup(ctx, inputs, output):
-        params, grads, lrs, ctx.lr, ctx.p, ctx.mode, ctx.seed, ctx.offset = inputs
+        params, grads, lrs, ctx.lr, ctx.p, ctx.mode, ctx.seed, ctx.offset, rng_state = inputs
         ctx.numels = [w.numel() for w in params]
         ctx.n = len(params)
         ctx.has_lrs = len(lrs) > 0
         lr_needs = ctx.has_lrs and any(l.requires_grad for l in lrs)
-        ctx.save_for_backward(*(grads if lr_needs else [None] * ctx.n), *lrs)
+        ctx.save_for_backward(rng_state, *(grads if lr_needs else [None] * ctx.n), *lrs)
 
     def step_backward(ctx, gouts):
-        saved = ctx.saved_tensors
+        rng_state, *saved = ctx.saved_tensors
         grads, lrs = saved[: ctx.n], (saved[ctx.n:] if ctx.has_lrs else [None] * ctx.n)
         need_p, need_g, need_l = ctx.needs_input_grad[:3]
         d_params, d_grads, d_lrs = [], [], []
@@ -101,37 +104,37 @@ def register(ns, qualname_prefix):
             if gouts[k] is None:  # this output took no part in the loss
                 d = (None, None, None)
             else:
-                d = update_grads(gouts[k], grads[k], lrs[k], ctx.lr, ctx.p, ctx.mode, ctx.seed, o,
+                d = update_grads(gouts[k], grads[k], lrs[k], ctx.lr, ctx.p, ctx.mode, ctx.seed, o, rng_state,
                                  (need_p, need_g, need_l and lrs[k] is not None and lrs[k].requires_grad))
             d_params.append(d[0])
             d_grads.append(d[1])
             d_lrs.append(d[2])
         # The gradient of a list input is a list of its length (possibly of Nones).
-        return d_params, d_grads, d_lrs if ctx.has_lrs else [], None, None, None, None, None
+        return d_params, d_grads, d_lrs if ctx.has_lrs else [], None, None, None, None, None, None
 
     torch.library.register_autograd(q("dropgrad_step"), step_backward, setup_context=step_setup)
 
     # ---- meta_dropout: a fused backward op that regenerates eps; saves only f and a ----
     def md_setup(ctx, inputs, output):
-        f, a, ctx.det, ctx.seed, ctx.offset = inputs
-        ctx.save_for_backward(f, a)
+        f, a, ctx.det, ctx.seed, ctx.offset, rng_state = inputs
+        ctx.save_for_backward(f, a, rng_state)
 
     def md_backward(ctx, gout):
-        f, a = ctx.saved_tensors
-        gf, ga = ns.meta_dropout_backward(gout, f, a, ctx.det, ctx.seed, ctx.offset)
-        return gf, ga, None, None, None
+        f, a, rng_state = ctx.saved_tensors
+        gf, ga = ns.meta_dropout_backward(gout, f, a, ctx.det, ctx.seed, ctx.offset, rng_state)
+        return gf, ga, None, None, None, None
 
     torch.library.register_autograd(q("meta_dropout"), md_backward, setup_context=md_setup)
 
     # The backward's own derivative, for second-order MAML: composite ops on z = a + eps, with
     # eps regenerated (materialized only here), so every further order is PyTorch's autograd.
     def mdb_setup(ctx, inputs, output):
-        gout, f, a, ctx.det, ctx.seed, ctx.offset = inputs
-        ctx.save_for_backward(gout, f, a)
+        gout, f, a, ctx.det, ctx.seed, ctx.offset, rng_state = inputs
+        ctx.save_for_backward(gout, f, a, rng_state)
 
     def mdb_backward(ctx, ggf, gga):
-        gout, f, a = ctx.saved_tensors
-        z = a if ctx.det else a + ns.noise(a, 0.0, NORMAL, ctx.seed, ctx.offset).to(a.dtype)
+        gout, f, a, rng_state = ctx.saved_tensors
+        z = a if ctx.det else a + ns.noise(a.detach(), 0.0, NORMAL, ctx.seed, ctx.offset, rng_state).to(a.dtype)
         s = torch.where(z > 20, torch.ones_like(z), torch.sigmoid(z))  # softplus' derivative, as PyTorch's
         ds = torch.where(z > 20, torch.zeros_like(z), s * (1 - s))
         d_gout = d_f = d_a = None
@@ -142,6 +145,6 @@ def register(ns, qualname_prefix):
             d_gout = gga * f * s if d_gout is None else d_gout + gga * f * s
             d_f = gga * gout * s
             d_a = gga * gout * f * ds if d_a is None else d_a + gga * gout * f * ds
-        return d_gout, d_f, d_a, None, None, None
+        return d_gout, d_f, d_a, None, None, None, None
 
     torch.library.register_autograd(q("meta_dropout_backward"), mdb_backward, setup_context=mdb_setup)

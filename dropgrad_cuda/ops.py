@@ -100,9 +100,18 @@ def _check_int(v, name):
     return int(v)
 
 
+def _rng(seed, like, numel, kernels):
+    """(seed, rng_state) for a kernel call. On a CUDA kernel backend seed=None reserves `numel`
+    elements of torch's CUDA generator on the device (rng_state, CUDA-graph safe); elsewhere it
+    draws one seed from torch's default generator, so torch.manual_seed reproduces a run."""
+    if seed is None and like.is_cuda and kernels is not reference and cuda_kernels_built():
+        return 0, torch.ops.dropgrad.cuda_rng_state(like, numel)
+    return _seed(seed), None
+
+
 def _seed(seed):
     """The seed as the ops' int64 argument (two's complement of a 64-bit seed); None draws one
-    from torch's default generator, so torch.manual_seed reproduces a run."""
+    from torch's default generator."""
     if seed is None:
         return int(torch.randint(0, 2**63 - 1, (), dtype=torch.int64))
     seed = _check_int(seed, "seed")
@@ -142,11 +151,12 @@ def drop_grad(grad, p, mode="gaussian", *, seed=None, offset=0, backend="auto"):
     """grad * n, n the DropGrad noise of the contract (docs/noise_contract.md)."""
     _check_tensor(grad, "grad")
     p, m = _check_p(p), _check_mode(mode)
-    seed, offset = _seed(seed), _offset(offset, grad.numel())
+    offset = _offset(offset, grad.numel())
     k = _kernels(backend, grad.device)
+    seed, state = _rng(seed, grad, grad.numel(), k)
     if k is reference:
         return reference.drop_grad(grad, p, mode, seed=seed, offset=offset)
-    return k.drop_grad(grad, p, m, seed, offset)
+    return k.drop_grad(grad, p, m, seed, offset, state)
 
 
 def dropgrad_update(param, grad, lr, p, mode="gaussian", *, seed=None, offset=0, backend="auto"):
@@ -154,11 +164,12 @@ def dropgrad_update(param, grad, lr, p, mode="gaussian", *, seed=None, offset=0,
     _check_pair(param, grad, "param", "grad")
     lr_t, lr_f = _check_lr(lr, param)
     p, m = _check_p(p), _check_mode(mode)
-    seed, offset = _seed(seed), _offset(offset, param.numel())
+    offset = _offset(offset, param.numel())
     k = _kernels(backend, param.device)
+    seed, state = _rng(seed, param, param.numel(), k)
     if k is reference:
         return reference.dropgrad_update(param, grad, lr, p, mode, seed=seed, offset=offset)
-    return k.dropgrad_update(param, grad, lr_t, lr_f, p, m, seed, offset)
+    return k.dropgrad_update(param, grad, lr_t, lr_f, p, m, seed, offset, state)
 
 
 def dropgrad_step(params, grads, lr, p, mode="gaussian", *, seed=None, offset=0, backend="auto"):
@@ -190,11 +201,13 @@ def dropgrad_step(params, grads, lr, p, mode="gaussian", *, seed=None, offset=0,
             raise ValueError("a single lr tensor shared by all params must be 0-d; pass a list for per-param tensors")
         lrs = [] if lr_t is None else [lr_t] * len(params)
     p, m = _check_p(p), _check_mode(mode)
-    seed, offset = _seed(seed), _offset(offset, sum(w.numel() + 3 for w in params))
+    span = sum(w.numel() + 3 for w in params)
+    offset = _offset(offset, span)
     k = _kernels(backend, params[0].device)
+    seed, state = _rng(seed, params[0], span, k)
     if k is reference:
         return reference.dropgrad_step(params, grads, lrs or lr_f, p, mode, seed=seed, offset=offset)
-    return list(k.dropgrad_step(params, grads, lrs, lr_f, p, m, seed, offset))
+    return list(k.dropgrad_step(params, grads, lrs, lr_f, p, m, seed, offset, state))
 
 
 def meta_dropout(f, a, *, deterministic=False, seed=None, offset=0, backend="auto"):
@@ -202,11 +215,12 @@ def meta_dropout(f, a, *, deterministic=False, seed=None, offset=0, backend="aut
     _check_pair(f, a, "f", "a")
     if not isinstance(deterministic, bool):
         raise TypeError(f"deterministic must be a bool, got {type(deterministic).__name__}")
-    seed, offset = _seed(seed), _offset(offset, f.numel())
+    offset = _offset(offset, f.numel())
     k = _kernels(backend, f.device)
+    seed, state = _rng(seed, f, f.numel(), k)
     if k is reference:
         return reference.meta_dropout(f, a, deterministic=deterministic, seed=seed, offset=offset)
-    return k.meta_dropout(f, a, deterministic, seed, offset)
+    return k.meta_dropout(f, a, deterministic, seed, offset, state)
 
 
 def philox4x32_10(counter, key, *, backend="auto"):

@@ -145,3 +145,49 @@ def test_second_order_maml_meta_gradient_equals_reference(backend, mode):
         torch.testing.assert_close(x.cpu(), y, rtol=1e-10, atol=1e-12)
     first = meta_gradient(name, device, "none")
     assert any((x - y).abs().max() > 1e-6 for x, y in zip(got, first))  # the noise really acts
+
+
+def test_rng_state_replaces_the_seed_and_adds_its_offset(backend):
+    """The device-side stream (csrc/ops.cpp: rng_state) reaches every kernel and every backward."""
+    name, device = backend
+    ns = torch.ops.dropgrad if name in ("cpu", "cuda") else dg.ops._triton_ops()
+    state = torch.tensor([2**40 + 1, 8], device=device)
+    w, g, f = (f64(37, seed=i, device=device) for i in range(3))
+    lr = f64(seed=4, device=device)
+    pairs = [
+        (lambda: ns.noise(w.detach(), 0.2, 2, 999, 4, state), lambda: ns.noise(w.detach(), 0.2, 2, 2**40 + 1, 12)),
+        (lambda: ns.drop_grad(g, 0.2, 1, 999, 4, state), lambda: ns.drop_grad(g, 0.2, 1, 2**40 + 1, 12)),
+        (lambda: ns.dropgrad_update(w, g, lr, 0.0, 0.2, 2, 999, 4, state),
+         lambda: ns.dropgrad_update(w, g, lr, 0.0, 0.2, 2, 2**40 + 1, 12)),
+        (lambda: ns.dropgrad_step([w, f], [g, g], [lr, lr], 0.0, 0.2, 2, 999, 4, state)[1],
+         lambda: ns.dropgrad_step([w, f], [g, g], [lr, lr], 0.0, 0.2, 2, 2**40 + 1, 12)[1]),
+        (lambda: ns.meta_dropout(f, g, False, 999, 4, state), lambda: ns.meta_dropout(f, g, False, 2**40 + 1, 12)),
+    ]
+    for with_state, plain in pairs:
+        x, y = with_state(), plain()
+        assert torch.equal(x, y)
+        if x.requires_grad:  # first and second order regenerate the same noise from the state
+            inputs = [t for t in (w, g, f, lr) if t.requires_grad]
+            gx = torch.autograd.grad(x.pow(2).sum(), inputs, create_graph=True, allow_unused=True)
+            gy = torch.autograd.grad(y.pow(2).sum(), inputs, create_graph=True, allow_unused=True)
+            for a, b in zip(gx, gy):
+                assert (a is None and b is None) or torch.equal(a, b)
+            used = [a for a in gx if a is not None]
+            hx = torch.autograd.grad(sum(a.sum() for a in used), inputs, allow_unused=True)
+            hy = torch.autograd.grad(sum(b.sum() for b in gy if b is not None), inputs, allow_unused=True)
+            for a, b in zip(hx, hy):
+                assert (a is None and b is None) or torch.equal(a, b)
+
+
+@pytest.mark.skipif(not (torch.cuda.is_available() and dg.cuda_kernels_built()), reason="needs a CUDA GPU")
+def test_cuda_graph_replays_draw_fresh_noise():
+    g = torch.randn(4096, device="cuda")
+    out = torch.empty_like(g)
+    graph = torch.cuda.CUDAGraph()
+    dg.drop_grad(g, 0.2)  # warm-up outside the capture
+    with torch.cuda.graph(graph):
+        out.copy_(dg.drop_grad(g, 0.2))
+    graph.replay()
+    first = out.clone()
+    graph.replay()
+    assert not torch.equal(first, out)

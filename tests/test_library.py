@@ -75,6 +75,9 @@ def test_triton_kernels_compile_ahead_of_time_without_spills(arch):
     run = subprocess.run([sys.executable, "-m", "dropgrad_cuda.triton_kernels.aot", "--arch", str(arch)],
                          capture_output=True, text=True, env=env, timeout=600)
     assert run.returncode == 0, run.stdout + run.stderr
+    from dropgrad_cuda.triton_kernels.aot import configurations
+
     lines = [l for l in run.stdout.splitlines() if "registers" in l]
-    assert len(lines) == 68 and all("0 bytes spill stores, 0 bytes spill loads" in l for l in lines)
+    assert len(lines) == len(list(configurations())) > 100
+    assert all("0 bytes spill stores, 0 bytes spill loads" in l for l in lines)
     assert f"sm_{arch}: 0 failed or spilled" in run.stdout

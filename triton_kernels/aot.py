@@ -31,29 +31,35 @@ def _acc(d):
 def configurations():
     """(name, kernel, signature, constexprs): every specialization the host code launches."""
     runtime = {"seed": "i64", "p": "fp32", "scale": "fp32", "sigma": "fp32"}
-    for d, kind, mode, lr_full in itertools.product(DTYPES, (K.NOISE, K.DROP_GRAD, K.UPDATE), (0, 1, 2, 3),
-                                                    (False, True)):
+    for d, kind, mode, lr_full, state in itertools.product(DTYPES, (K.NOISE, K.DROP_GRAD, K.UPDATE), (0, 1, 2, 3),
+                                                           (False, True), (False, True)):
         launched = {K.NOISE: d == "fp32" and not lr_full and mode != 0,  # the noise op writes float32
                     K.DROP_GRAD: not lr_full and mode != 3,
                     K.UPDATE: mode != 3}[kind]
-        if not launched:
+        if not launched or (state and mode == 0):  # no noise, no stream
             continue
         sig = {"out_ptr": f"*{d}", "grad_ptr": f"*{d}", "param_ptr": f"*{d}", "lr_ptr": f"*{d if lr_full else _acc(d).name}",
-               "n": "i64", "q0": "i64", **runtime, "KIND": "constexpr", "MODE": "constexpr", "LR_FULL": "constexpr",
-               "ACC": "constexpr"}
-        yield (f"elementwise[{d},kind={kind},mode={mode},lr_full={lr_full}]", K.elementwise_kernel, sig,
-               {"KIND": kind, "MODE": mode, "LR_FULL": lr_full, "ACC": _acc(d)})
-    for d, mode in itertools.product(DTYPES, (0, 1, 2)):
-        sig = {"table_ptr": "*i64", "block_tensor_ptr": "*i32", **runtime, "MODE": "constexpr", "DTYPE": "constexpr",
-               "ACC": "constexpr"}
-        yield f"step[{d},mode={mode}]", K.step_kernel, sig, {"MODE": mode, "DTYPE": DTYPES[d], "ACC": _acc(d)}
-    for d, noisy in itertools.product(DTYPES, (False, True)):
-        base = {"n": "i64", "q0": "i64", **runtime, "NOISY": "constexpr", "ACC": "constexpr"}
-        yield (f"meta_dropout[{d},noisy={noisy}]", K.meta_dropout_kernel,
-               {"out_ptr": f"*{d}", "f_ptr": f"*{d}", "a_ptr": f"*{d}", **base}, {"NOISY": noisy, "ACC": _acc(d)})
-        yield (f"meta_dropout_backward[{d},noisy={noisy}]", K.meta_dropout_backward_kernel,
-               {"gf_ptr": f"*{d}", "ga_ptr": f"*{d}", "gout_ptr": f"*{d}", "f_ptr": f"*{d}", "a_ptr": f"*{d}", **base},
-               {"NOISY": noisy, "ACC": _acc(d)})
+               "state_ptr": "*i64", "n": "i64", "q0": "i64", **runtime, "KIND": "constexpr", "MODE": "constexpr",
+               "LR_FULL": "constexpr", "ACC": "constexpr", "HAS_STATE": "constexpr"}
+        yield (f"elementwise[{d},kind={kind},mode={mode},lr_full={lr_full},state={state}]", K.elementwise_kernel, sig,
+               {"KIND": kind, "MODE": mode, "LR_FULL": lr_full, "ACC": _acc(d), "HAS_STATE": state})
+    for d, mode, state in itertools.product(DTYPES, (0, 1, 2), (False, True)):
+        if state and mode == 0:
+            continue
+        sig = {"table_ptr": "*i64", "block_tensor_ptr": "*i32", "state_ptr": "*i64", **runtime, "MODE": "constexpr",
+               "DTYPE": "constexpr", "ACC": "constexpr", "HAS_STATE": "constexpr"}
+        yield (f"step[{d},mode={mode},state={state}]", K.step_kernel, sig,
+               {"MODE": mode, "DTYPE": DTYPES[d], "ACC": _acc(d), "HAS_STATE": state})
+    for d, noisy, state in itertools.product(DTYPES, (False, True), (False, True)):
+        if state and not noisy:
+            continue
+        base = {"state_ptr": "*i64", "n": "i64", "q0": "i64", **runtime, "NOISY": "constexpr", "ACC": "constexpr",
+                "HAS_STATE": "constexpr"}
+        meta = {"NOISY": noisy, "ACC": _acc(d), "HAS_STATE": state}
+        yield (f"meta_dropout[{d},noisy={noisy},state={state}]", K.meta_dropout_kernel,
+               {"out_ptr": f"*{d}", "f_ptr": f"*{d}", "a_ptr": f"*{d}", **base}, meta)
+        yield (f"meta_dropout_backward[{d},noisy={noisy},state={state}]", K.meta_dropout_backward_kernel,
+               {"gf_ptr": f"*{d}", "ga_ptr": f"*{d}", "gout_ptr": f"*{d}", "f_ptr": f"*{d}", "a_ptr": f"*{d}", **base}, meta)
     yield ("philox4x32_10", K.philox_kernel, {"out_ptr": "*i64", "counter_ptr": "*i64", "key_ptr": "*i64", "n": "i64",
                                               "BLOCK": "constexpr"}, {"BLOCK": 1024})
 

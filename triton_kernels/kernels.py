@@ -30,10 +30,22 @@ def _tile(n):
 
 
 
+@triton.jit
+def _stream(seed, q0, state_ptr, HAS_STATE: tl.constexpr):
+    """The stream's key and first counter: the arguments, or rng_state's seed with its offset
+    added (read when the kernel runs; see csrc/ops.cpp)."""
+    if HAS_STATE:
+        return tl.load(state_ptr), q0 + tl.load(state_ptr + 1) // 4
+    else:
+        return seed, q0
+
+
 @triton.jit(do_not_specialize=RUNTIME)
-def elementwise_kernel(out_ptr, grad_ptr, param_ptr, lr_ptr, n, seed, q0, p, scale, sigma,
-                       KIND: tl.constexpr, MODE: tl.constexpr, LR_FULL: tl.constexpr, ACC: tl.constexpr):
+def elementwise_kernel(out_ptr, grad_ptr, param_ptr, lr_ptr, state_ptr, n, seed, q0, p, scale, sigma,
+                       KIND: tl.constexpr, MODE: tl.constexpr, LR_FULL: tl.constexpr, ACC: tl.constexpr,
+                       HAS_STATE: tl.constexpr):
     rows, idx, mask = _tile(n)
+    seed, q0 = _stream(seed, q0, state_ptr, HAS_STATE)
     if MODE == 0:
         nz = tl.full((ROWS_C, 4), 1.0, tl.float32)
     else:
@@ -61,8 +73,8 @@ PARAM, GRAD, OUT, LR, NUMEL, Q0, FIRST_BLOCK, LR_IS_FULL, TABLE_COLS = (tl.const
 
 
 @triton.jit(do_not_specialize=["seed", "p", "scale", "sigma"])
-def step_kernel(table_ptr, block_tensor_ptr, seed, p, scale, sigma, MODE: tl.constexpr, DTYPE: tl.constexpr,
-                ACC: tl.constexpr):
+def step_kernel(table_ptr, block_tensor_ptr, state_ptr, seed, p, scale, sigma, MODE: tl.constexpr, DTYPE: tl.constexpr,
+                ACC: tl.constexpr, HAS_STATE: tl.constexpr):
     """dropgrad_update over a list of tensors of one dtype in one launch, in the way of apex's
     multi_tensor_apply: block_tensor[i] names the tensor (table row) program i works on."""
     pid = tl.program_id(0).to(tl.int64)
@@ -74,7 +86,8 @@ def step_kernel(table_ptr, block_tensor_ptr, seed, p, scale, sigma, MODE: tl.con
     mask = idx < n
     g = tl.load(tl.load(row + GRAD).to(tl.pointer_type(DTYPE)) + idx, mask=mask).to(ACC)
     if MODE != 0:
-        g = g * noise_tile(seed, tl.load(row + Q0) + rows, p, scale, sigma, MODE).to(ACC)
+        seed, q0 = _stream(seed, tl.load(row + Q0), state_ptr, HAS_STATE)
+        g = g * noise_tile(seed, q0 + rows, p, scale, sigma, MODE).to(ACC)
     lr_ptr = tl.load(row + LR)
     full = tl.load(row + LR_IS_FULL) != 0
     # A full-shape lr has the param's dtype; a scalar one was converted to the compute dtype.
@@ -86,8 +99,10 @@ def step_kernel(table_ptr, block_tensor_ptr, seed, p, scale, sigma, MODE: tl.con
 
 
 @triton.jit(do_not_specialize=RUNTIME)
-def meta_dropout_kernel(out_ptr, f_ptr, a_ptr, n, seed, q0, p, scale, sigma, NOISY: tl.constexpr, ACC: tl.constexpr):
+def meta_dropout_kernel(out_ptr, f_ptr, a_ptr, state_ptr, n, seed, q0, p, scale, sigma, NOISY: tl.constexpr,
+                        ACC: tl.constexpr, HAS_STATE: tl.constexpr):
     rows, idx, mask = _tile(n)
+    seed, q0 = _stream(seed, q0, state_ptr, HAS_STATE)
     z = tl.load(a_ptr + idx, mask=mask).to(ACC)
     if NOISY:
         z = z + noise_tile(seed, q0 + rows, p, scale, sigma, 3).to(ACC)
@@ -96,10 +111,11 @@ def meta_dropout_kernel(out_ptr, f_ptr, a_ptr, n, seed, q0, p, scale, sigma, NOI
 
 
 @triton.jit(do_not_specialize=RUNTIME)
-def meta_dropout_backward_kernel(gf_ptr, ga_ptr, gout_ptr, f_ptr, a_ptr, n, seed, q0, p, scale, sigma,
-                                 NOISY: tl.constexpr, ACC: tl.constexpr):
+def meta_dropout_backward_kernel(gf_ptr, ga_ptr, gout_ptr, f_ptr, a_ptr, state_ptr, n, seed, q0, p, scale, sigma,
+                                 NOISY: tl.constexpr, ACC: tl.constexpr, HAS_STATE: tl.constexpr):
     """Regenerates eps from (seed, q0) instead of reading a saved mask."""
     rows, idx, mask = _tile(n)
+    seed, q0 = _stream(seed, q0, state_ptr, HAS_STATE)
     z = tl.load(a_ptr + idx, mask=mask).to(ACC)
     if NOISY:
         z = z + noise_tile(seed, q0 + rows, p, scale, sigma, 3).to(ACC)

@@ -48,22 +48,32 @@ def _scalar_lr(lr_tensor, lr, like):
     return src.detach().reshape(()).to(device=like.device, dtype=_acc(like.dtype))
 
 
-def _elementwise(kind, out, grad, param, lr_t, numel, p, mode, seed, offset):
+def _state(rng_state, like):
+    """(pointer argument, HAS_STATE) for an optional rng_state [seed, offset]."""
+    if rng_state is None:
+        return like, False
+    if rng_state.dtype != torch.int64 or rng_state.numel() != 2 or rng_state.device != like.device:
+        raise RuntimeError(f"rng_state must be an int64 tensor [seed, offset] on {like.device}")
+    return rng_state.contiguous(), True
+
+
+def _elementwise(kind, out, grad, param, lr_t, numel, p, mode, seed, offset, rng_state):
     lr_full = lr_t is not None and lr_t.dim() > 0
+    state, has_state = _state(rng_state, out)
     _launch(K.elementwise_kernel, _grid(numel), out, grad if grad is not None else out, param if param is not None else out,
-            lr_t if lr_t is not None else out, numel, seed, offset // 4, *_scalars(p),
-            KIND=kind, MODE=_mode(p, mode), LR_FULL=lr_full, ACC=_tl(_acc(out.dtype)))
+            lr_t if lr_t is not None else out, state, numel, seed, offset // 4, *_scalars(p),
+            KIND=kind, MODE=_mode(p, mode), LR_FULL=lr_full, ACC=_tl(_acc(out.dtype)), HAS_STATE=has_state)
     return out
 
 
-def noise(like, p, mode, seed, offset):
+def noise(like, p, mode, seed, offset, rng_state=None):
     out = torch.empty(like.shape, dtype=torch.float32, device=like.device)
-    return _elementwise(K.NOISE, out, None, None, None, out.numel(), p, mode, seed, offset)
+    return _elementwise(K.NOISE, out, None, None, None, out.numel(), p, mode, seed, offset, rng_state)
 
 
-def drop_grad(grad, p, mode, seed, offset):
+def drop_grad(grad, p, mode, seed, offset, rng_state=None):
     g = grad.contiguous()
-    return _elementwise(K.DROP_GRAD, torch.empty_like(g), g, None, None, g.numel(), p, mode, seed, offset)
+    return _elementwise(K.DROP_GRAD, torch.empty_like(g), g, None, None, g.numel(), p, mode, seed, offset, rng_state)
 
 
 def _lr_arg(lr_tensor, lr, param):
@@ -72,12 +82,13 @@ def _lr_arg(lr_tensor, lr, param):
     return _scalar_lr(lr_tensor, lr, param)
 
 
-def dropgrad_update(param, grad, lr_tensor, lr, p, mode, seed, offset):
+def dropgrad_update(param, grad, lr_tensor, lr, p, mode, seed, offset, rng_state=None):
     w, g = param.contiguous(), grad.contiguous()
-    return _elementwise(K.UPDATE, torch.empty_like(w), g, w, _lr_arg(lr_tensor, lr, w), w.numel(), p, mode, seed, offset)
+    return _elementwise(K.UPDATE, torch.empty_like(w), g, w, _lr_arg(lr_tensor, lr, w), w.numel(), p, mode, seed, offset,
+                        rng_state)
 
 
-def dropgrad_step(params, grads, lrs, lr, p, mode, seed, offset):
+def dropgrad_step(params, grads, lrs, lr, p, mode, seed, offset, rng_state=None):
     """One launch per dtype present in the list (a single launch for the usual all-float32 list)."""
     ws = [w.contiguous() for w in params]
     gs = [g.contiguous() for g in grads]
@@ -101,25 +112,28 @@ def dropgrad_step(params, grads, lrs, lr, p, mode, seed, offset):
         table = torch.tensor(rows, dtype=torch.int64).to(device, non_blocking=True)
         block_tensor = torch.repeat_interleave(torch.arange(len(ks), dtype=torch.int32), torch.tensor(blocks))
         block_tensor = block_tensor.to(device, non_blocking=True)
-        _launch(K.step_kernel, (first,), table, block_tensor, seed, *_scalars(p), MODE=_mode(p, mode),
-                DTYPE=_tl(dtype), ACC=_tl(_acc(dtype)))
+        state, has_state = _state(rng_state, ws[ks[0]])
+        _launch(K.step_kernel, (first,), table, block_tensor, state, seed, *_scalars(p), MODE=_mode(p, mode),
+                DTYPE=_tl(dtype), ACC=_tl(_acc(dtype)), HAS_STATE=has_state)
     return outs
 
 
-def meta_dropout(f, a, deterministic, seed, offset):
+def meta_dropout(f, a, deterministic, seed, offset, rng_state=None):
     fc, ac = f.contiguous(), a.contiguous()
     out = torch.empty_like(fc)
-    _launch(K.meta_dropout_kernel, _grid(fc.numel()), out, fc, ac, fc.numel(), seed, offset // 4, *_scalars(0.0),
-            NOISY=not deterministic, ACC=_tl(_acc(fc.dtype)))
+    state, has_state = _state(rng_state, fc)
+    _launch(K.meta_dropout_kernel, _grid(fc.numel()), out, fc, ac, state, fc.numel(), seed, offset // 4, *_scalars(0.0),
+            NOISY=not deterministic, ACC=_tl(_acc(fc.dtype)), HAS_STATE=has_state)
     return out
 
 
-def meta_dropout_backward(grad_out, f, a, deterministic, seed, offset):
+def meta_dropout_backward(grad_out, f, a, deterministic, seed, offset, rng_state=None):
     fc, ac = f.contiguous(), a.contiguous()
     g = grad_out.contiguous().to(fc.dtype)
     gf, ga = torch.empty_like(fc), torch.empty_like(fc)
-    _launch(K.meta_dropout_backward_kernel, _grid(fc.numel()), gf, ga, g, fc, ac, fc.numel(), seed, offset // 4,
-            *_scalars(0.0), NOISY=not deterministic, ACC=_tl(_acc(fc.dtype)))
+    state, has_state = _state(rng_state, fc)
+    _launch(K.meta_dropout_backward_kernel, _grid(fc.numel()), gf, ga, g, fc, ac, state, fc.numel(), seed, offset // 4,
+            *_scalars(0.0), NOISY=not deterministic, ACC=_tl(_acc(fc.dtype)), HAS_STATE=has_state)
     return gf, ga
 
 

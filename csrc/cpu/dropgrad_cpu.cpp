@@ -19,6 +19,20 @@ constexpr int64_t kGrainBlocks = 16;
 
 using dg::make_stream;
 using dg::Stream;
+using OptTensor = c10::optional<at::Tensor>;
+
+// The (seed, offset) a kernel uses: with rng_state (see csrc/ops.cpp) its seed, and its offset
+// added to the argument's.
+void resolve_seed(const OptTensor& rng_state, int64_t& seed, int64_t& offset) {
+  if (!rng_state.has_value() || !rng_state->defined()) return;
+  TORCH_CHECK(rng_state->scalar_type() == at::kLong && rng_state->numel() == 2 && rng_state->device().is_cpu(),
+              "rng_state must be a CPU int64 tensor [seed, offset]");
+  const at::Tensor s = rng_state->contiguous();
+  TORCH_CHECK(s.data_ptr<int64_t>()[1] >= 0 && s.data_ptr<int64_t>()[1] % 4 == 0,
+              "rng_state's offset must be a non-negative multiple of 4");
+  seed = s.data_ptr<int64_t>()[0];
+  offset += s.data_ptr<int64_t>()[1];
+}
 
 // The words of `count` (<= kBlock / 4) consecutive Philox counters from q0, word-major:
 // w[i][j] is word i of counter q0 + j. The AVX2 version runs eight counters per instruction
@@ -204,7 +218,7 @@ struct LearningRate {
   at::Tensor vec;
 };
 
-LearningRate resolve_lr(const c10::optional<at::Tensor>& lr_tensor, double lr, const at::Tensor& param) {
+LearningRate resolve_lr(const OptTensor& lr_tensor, double lr, const at::Tensor& param) {
   if (!lr_tensor.has_value() || !lr_tensor->defined()) return {lr, at::Tensor()};
   if (lr_tensor->numel() == 1) return {lr_tensor->item<double>(), at::Tensor()};
   TORCH_CHECK(lr_tensor->sizes() == param.sizes(), "lr must be a scalar or have param's shape");
@@ -235,7 +249,8 @@ at::Tensor philox4x32_10_cpu(const at::Tensor& counter, const at::Tensor& key) {
   return out;
 }
 
-at::Tensor noise_cpu(const at::Tensor& like, double p, int64_t mode, int64_t seed, int64_t offset) {
+at::Tensor noise_cpu(const at::Tensor& like, double p, int64_t mode, int64_t seed, int64_t offset, const OptTensor& rng_state) {
+  resolve_seed(rng_state, seed, offset);
   at::Tensor out = at::empty(like.sizes(), like.options().dtype(at::kFloat).memory_format(at::MemoryFormat::Contiguous));
   float* o = out.data_ptr<float>();
   const Stream st = make_stream(p, mode, seed);
@@ -246,7 +261,9 @@ at::Tensor noise_cpu(const at::Tensor& like, double p, int64_t mode, int64_t see
   return out;
 }
 
-at::Tensor drop_grad_cpu(const at::Tensor& grad, double p, int64_t mode, int64_t seed, int64_t offset) {
+at::Tensor drop_grad_cpu(const at::Tensor& grad, double p, int64_t mode, int64_t seed, int64_t offset,
+                         const OptTensor& rng_state) {
+  resolve_seed(rng_state, seed, offset);
   check_floating(grad, "grad");
   const at::Tensor g = grad.contiguous();
   at::Tensor out = at::empty_like(g);
@@ -262,8 +279,9 @@ at::Tensor drop_grad_cpu(const at::Tensor& grad, double p, int64_t mode, int64_t
 }
 
 at::Tensor dropgrad_update_cpu(const at::Tensor& param, const at::Tensor& grad,
-                               const c10::optional<at::Tensor>& lr_tensor, double lr, double p,
-                               int64_t mode, int64_t seed, int64_t offset) {
+                               const OptTensor& lr_tensor, double lr, double p,
+                               int64_t mode, int64_t seed, int64_t offset, const OptTensor& rng_state) {
+  resolve_seed(rng_state, seed, offset);
   check_floating(param, "param");
   check_floating(grad, "grad");
   TORCH_CHECK(param.sizes() == grad.sizes() && param.scalar_type() == grad.scalar_type(),
@@ -289,7 +307,9 @@ at::Tensor dropgrad_update_cpu(const at::Tensor& param, const at::Tensor& grad,
 // each worker finds its tensor by binary search. Tensor k's stream starts where tensor k-1's
 // ends, rounded up to a multiple of 4.
 std::vector<at::Tensor> dropgrad_step_cpu(at::TensorList params, at::TensorList grads, at::TensorList lrs,
-                                          double lr, double p, int64_t mode, int64_t seed, int64_t offset) {
+                                          double lr, double p, int64_t mode, int64_t seed, int64_t offset,
+                                          const OptTensor& rng_state) {
+  resolve_seed(rng_state, seed, offset);
   const size_t nt = params.size();
   TORCH_CHECK(grads.size() == nt, "params and grads must have the same length");
   TORCH_CHECK(lrs.empty() || lrs.size() == nt, "lrs must be empty or have one entry per param");
@@ -303,7 +323,7 @@ std::vector<at::Tensor> dropgrad_step_cpu(at::TensorList params, at::TensorList 
                 "params[", k, "] and grads[", k, "] must have the same shape and dtype");
     pc[k] = params[k].contiguous();
     gc[k] = grads[k].contiguous();
-    lv[k] = resolve_lr(lrs.empty() ? c10::optional<at::Tensor>() : c10::optional<at::Tensor>(lrs[k]), lr, params[k]);
+    lv[k] = resolve_lr(lrs.empty() ? OptTensor() : OptTensor(lrs[k]), lr, params[k]);
     out[k] = at::empty_like(pc[k]);
     offsets[k] = stream;
     stream += (pc[k].numel() + 3) / 4 * 4;
@@ -332,7 +352,8 @@ std::vector<at::Tensor> dropgrad_step_cpu(at::TensorList params, at::TensorList 
 }
 
 at::Tensor meta_dropout_cpu(const at::Tensor& f, const at::Tensor& a, bool deterministic, int64_t seed,
-                            int64_t offset) {
+                            int64_t offset, const OptTensor& rng_state) {
+  resolve_seed(rng_state, seed, offset);
   check_floating(f, "f");
   check_floating(a, "a");
   TORCH_CHECK(f.sizes() == a.sizes() && f.scalar_type() == a.scalar_type(), "f and a must have the same shape and dtype");
@@ -353,7 +374,8 @@ at::Tensor meta_dropout_cpu(const at::Tensor& f, const at::Tensor& a, bool deter
 
 std::tuple<at::Tensor, at::Tensor> meta_dropout_backward_cpu(const at::Tensor& grad_out, const at::Tensor& f,
                                                              const at::Tensor& a, bool deterministic, int64_t seed,
-                                                             int64_t offset) {
+                                                             int64_t offset, const OptTensor& rng_state) {
+  resolve_seed(rng_state, seed, offset);
   check_floating(grad_out, "grad_out");
   TORCH_CHECK(grad_out.sizes() == f.sizes() && f.sizes() == a.sizes(), "grad_out, f and a must have the same shape");
   const at::Tensor gc = grad_out.contiguous().to(f.scalar_type());

@@ -62,12 +62,25 @@ __device__ __forceinline__ void noise_or_ones(const dg::Stream& st, uint64_t q, 
   }
 }
 
+// The stream a kernel runs: the host's, or the one read from rng.state (see launchers.h).
+__device__ __forceinline__ dg::Stream resolve(const Rng& rng, int64_t& q0) {
+  dg::Stream st = rng.st;
+  if (rng.state) {
+    const uint64_t seed = static_cast<uint64_t>(rng.state[0]);
+    st.k0 = static_cast<uint32_t>(seed);
+    st.k1 = static_cast<uint32_t>(seed >> 32);
+    q0 += rng.state[1] / 4;
+  }
+  return st;
+}
+
 // Grid-stride loop over the counters [0, ceil(n / 4)) of one tensor.
 #define DG_FOR_EACH_COUNTER(j, n)                                                              \
   for (int64_t j = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; j < ((n) + 3) / 4; \
        j += static_cast<int64_t>(gridDim.x) * blockDim.x)
 
-__global__ void __launch_bounds__(kThreads) noise_kernel(float* out, int64_t n, dg::Stream st, int64_t q0) {
+__global__ void __launch_bounds__(kThreads) noise_kernel(float* out, int64_t n, Rng rng, int64_t q0) {
+  const dg::Stream st = resolve(rng, q0);
   const bool vec = aligned(out, 16);
   DG_FOR_EACH_COUNTER(j, n) {
     float z[4];
@@ -77,7 +90,8 @@ __global__ void __launch_bounds__(kThreads) noise_kernel(float* out, int64_t n, 
 }
 
 template <typename T>
-__global__ void __launch_bounds__(kThreads) drop_grad_kernel(const T* grad, T* out, int64_t n, dg::Stream st, int64_t q0) {
+__global__ void __launch_bounds__(kThreads) drop_grad_kernel(const T* grad, T* out, int64_t n, Rng rng, int64_t q0) {
+  const dg::Stream st = resolve(rng, q0);
   using A = typename Acc<T>::type;
   const bool vec = aligned(grad, 4 * sizeof(T)) && aligned(out, 4 * sizeof(T));
   DG_FOR_EACH_COUNTER(j, n) {
@@ -116,7 +130,8 @@ __device__ __forceinline__ void update_counters(const T* param, const T* grad, c
 
 template <typename T>
 __global__ void __launch_bounds__(kThreads) update_kernel(const T* param, const T* grad, LearningRate lr, T* out, int64_t n,
-                                                          dg::Stream st, int64_t q0) {
+                                                          Rng rng, int64_t q0) {
+  const dg::Stream st = resolve(rng, q0);
   update_counters(param, grad, lr, out, n, st, q0, blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x,
                   (n + 3) / 4, static_cast<int64_t>(gridDim.x) * blockDim.x);
 }
@@ -134,17 +149,20 @@ struct StepList {
 };
 
 template <typename T>
-__global__ void __launch_bounds__(kThreads) step_kernel(StepList list, dg::Stream st) {
+__global__ void __launch_bounds__(kThreads) step_kernel(StepList list, Rng rng) {
   const StepTensor& t = list.t[list.block_tensor[blockIdx.x]];
+  int64_t q0 = t.q0;
+  const dg::Stream st = resolve(rng, q0);
   const int64_t c0 = static_cast<int64_t>(list.block_chunk[blockIdx.x]) * kChunk;
   const int64_t c1 = c0 + kChunk < (t.numel + 3) / 4 ? c0 + kChunk : (t.numel + 3) / 4;
   update_counters(static_cast<const T*>(t.param), static_cast<const T*>(t.grad), t.lr, static_cast<T*>(t.out), t.numel,
-                  st, t.q0, c0 + threadIdx.x, c1, blockDim.x);
+                  st, q0, c0 + threadIdx.x, c1, blockDim.x);
 }
 
 template <typename T>
-__global__ void __launch_bounds__(kThreads) meta_dropout_kernel(const T* f, const T* a, T* out, int64_t n, dg::Stream st,
+__global__ void __launch_bounds__(kThreads) meta_dropout_kernel(const T* f, const T* a, T* out, int64_t n, Rng rng,
                                                                 int64_t q0) {
+  const dg::Stream st = resolve(rng, q0);
   using A = typename Acc<T>::type;
   const size_t b = 4 * sizeof(T);
   const bool vec = aligned(f, b) && aligned(a, b) && aligned(out, b);
@@ -164,7 +182,8 @@ __global__ void __launch_bounds__(kThreads) meta_dropout_kernel(const T* f, cons
 
 template <typename T>
 __global__ void __launch_bounds__(kThreads) meta_dropout_backward_kernel(const T* gout, const T* f, const T* a, T* gf,
-                                                                         T* ga, int64_t n, dg::Stream st, int64_t q0) {
+                                                                         T* ga, int64_t n, Rng rng, int64_t q0) {
+  const dg::Stream st = resolve(rng, q0);
   using A = typename Acc<T>::type;
   const size_t b = 4 * sizeof(T);
   const bool vec = aligned(gout, b) && aligned(f, b) && aligned(a, b) && aligned(gf, b) && aligned(ga, b);
@@ -212,37 +231,37 @@ void dispatch(DType dt, const F& f) {
 
 }  // namespace
 
-void noise(float* out, int64_t n, const dg::Stream& st, int64_t q0, cudaStream_t stream) {
+void noise(float* out, int64_t n, const Rng& rng, int64_t q0, cudaStream_t stream) {
   if (n == 0) return;
-  noise_kernel<<<blocks_for((n + 3) / 4), kThreads, 0, stream>>>(out, n, st, q0);
+  noise_kernel<<<blocks_for((n + 3) / 4), kThreads, 0, stream>>>(out, n, rng, q0);
 }
 
-void drop_grad(DType dt, const void* grad, void* out, int64_t n, const dg::Stream& st, int64_t q0, cudaStream_t stream) {
+void drop_grad(DType dt, const void* grad, void* out, int64_t n, const Rng& rng, int64_t q0, cudaStream_t stream) {
   if (n == 0) return;
   dispatch(dt, [&](auto tag) {
     using T = decltype(tag);
     drop_grad_kernel<T><<<blocks_for((n + 3) / 4), kThreads, 0, stream>>>(static_cast<const T*>(grad), static_cast<T*>(out),
-                                                                          n, st, q0);
+                                                                          n, rng, q0);
   });
 }
 
 void dropgrad_update(DType dt, const void* param, const void* grad, const LearningRate& lr, void* out, int64_t n,
-                     const dg::Stream& st, int64_t q0, cudaStream_t stream) {
+                     const Rng& rng, int64_t q0, cudaStream_t stream) {
   if (n == 0) return;
   dispatch(dt, [&](auto tag) {
     using T = decltype(tag);
     update_kernel<T><<<blocks_for((n + 3) / 4), kThreads, 0, stream>>>(
-        static_cast<const T*>(param), static_cast<const T*>(grad), lr, static_cast<T*>(out), n, st, q0);
+        static_cast<const T*>(param), static_cast<const T*>(grad), lr, static_cast<T*>(out), n, rng, q0);
   });
 }
 
-void dropgrad_step(DType dt, const StepTensor* tensors, int count, const dg::Stream& st, cudaStream_t stream) {
+void dropgrad_step(DType dt, const StepTensor* tensors, int count, const Rng& rng, cudaStream_t stream) {
   dispatch(dt, [&](auto tag) {
     using T = decltype(tag);
     StepList list;
     int nt = 0, nb = 0;
     auto flush = [&] {
-      if (nb > 0) step_kernel<T><<<nb, kThreads, 0, stream>>>(list, st);
+      if (nb > 0) step_kernel<T><<<nb, kThreads, 0, stream>>>(list, rng);
       nt = nb = 0;
     };
     for (int k = 0; k < count; ++k) {
@@ -266,25 +285,38 @@ void dropgrad_step(DType dt, const StepTensor* tensors, int count, const dg::Str
   });
 }
 
-void meta_dropout(DType dt, const void* f, const void* a, void* out, int64_t n, const dg::Stream& st, int64_t q0,
+void meta_dropout(DType dt, const void* f, const void* a, void* out, int64_t n, const Rng& rng, int64_t q0,
                   cudaStream_t stream) {
   if (n == 0) return;
   dispatch(dt, [&](auto tag) {
     using T = decltype(tag);
     meta_dropout_kernel<T><<<blocks_for((n + 3) / 4), kThreads, 0, stream>>>(
-        static_cast<const T*>(f), static_cast<const T*>(a), static_cast<T*>(out), n, st, q0);
+        static_cast<const T*>(f), static_cast<const T*>(a), static_cast<T*>(out), n, rng, q0);
   });
 }
 
 void meta_dropout_backward(DType dt, const void* grad_out, const void* f, const void* a, void* gf, void* ga, int64_t n,
-                           const dg::Stream& st, int64_t q0, cudaStream_t stream) {
+                           const Rng& rng, int64_t q0, cudaStream_t stream) {
   if (n == 0) return;
   dispatch(dt, [&](auto tag) {
     using T = decltype(tag);
     meta_dropout_backward_kernel<T><<<blocks_for((n + 3) / 4), kThreads, 0, stream>>>(
         static_cast<const T*>(grad_out), static_cast<const T*>(f), static_cast<const T*>(a), static_cast<T*>(gf),
-        static_cast<T*>(ga), n, st, q0);
+        static_cast<T*>(ga), n, rng, q0);
   });
+}
+
+__global__ void unpack_kernel(uint64_t seed, const int64_t* seed_ptr, uint64_t offset, const int64_t* offset_ptr,
+                              uint32_t offset_intragraph, bool captured, int64_t* out) {
+  // What at::cuda::philox::unpack does, on the raw fields: under graph capture the generator's
+  // seed and offset are read from device memory when the graph replays.
+  out[0] = static_cast<int64_t>(captured ? static_cast<uint64_t>(*seed_ptr) : seed);
+  out[1] = 4 * static_cast<int64_t>(captured ? static_cast<uint64_t>(*offset_ptr) + offset_intragraph : offset);
+}
+
+void unpack_generator_state(uint64_t seed, const int64_t* seed_ptr, uint64_t offset, const int64_t* offset_ptr,
+                            uint32_t offset_intragraph, bool captured, int64_t* out, cudaStream_t stream) {
+  unpack_kernel<<<1, 1, 0, stream>>>(seed, seed_ptr, offset, offset_ptr, offset_intragraph, captured, out);
 }
 
 void philox4x32_10(const int64_t* counter, const int64_t* key, int64_t* out, int64_t n, cudaStream_t stream) {

@@ -2,10 +2,12 @@
 // launchers of dropgrad_cuda.cu. Only c10/cuda headers: ATen/cuda/CUDAContext.h pulls in
 // cusparse.h, which the system toolkit here lacks.
 #include <ATen/ATen.h>
+#include <ATen/cuda/CUDAGeneratorImpl.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
 #include <torch/library.h>
 
+#include <mutex>
 #include <vector>
 
 #include "launchers.h"
@@ -33,9 +35,39 @@ void check(const at::Tensor& t, const char* name) {
 
 cudaStream_t stream() { return c10::cuda::getCurrentCUDAStream().stream(); }
 
+using OptTensor = c10::optional<at::Tensor>;
+
+dg_cuda::Rng rng(double p, int64_t mode, int64_t seed, const OptTensor& rng_state, const at::Tensor& like) {
+  const int64_t* state = nullptr;
+  if (rng_state.has_value() && rng_state->defined()) {
+    TORCH_CHECK(rng_state->scalar_type() == at::kLong && rng_state->numel() == 2 && rng_state->is_contiguous() &&
+                    rng_state->device() == like.device(),
+                "rng_state must be a contiguous int64 tensor [seed, offset] on ", like.device());
+    state = rng_state->data_ptr<int64_t>();
+  }
+  return {dg::make_stream(p, mode, seed), state};
+}
+
+// [seed, offset] for `numel` elements from torch's CUDA generator, filled on the device.
+at::Tensor cuda_rng_state_cuda(const at::Tensor& like, int64_t numel) {
+  TORCH_CHECK(like.is_cuda(), "like must be a CUDA tensor");
+  const c10::cuda::CUDAGuard guard(like.device());
+  auto* gen = at::check_generator<at::CUDAGeneratorImpl>(at::cuda::detail::getDefaultCUDAGenerator(like.device().index()));
+  at::PhiloxCudaState st;
+  {
+    std::lock_guard<std::mutex> lock(gen->mutex_);  // see PyTorch's note on acquiring it
+    st = gen->philox_cuda_state(static_cast<uint64_t>(((numel + 3) / 4 + 3) / 4 * 4));  // counters, a multiple of 4
+  }
+  at::Tensor out = at::empty({2}, like.options().dtype(at::kLong));
+  dg_cuda::unpack_generator_state(st.seed_.val, st.seed_.ptr, st.offset_.val, st.offset_.ptr,
+                                  static_cast<uint32_t>(st.offset_intragraph_), st.captured_, out.data_ptr<int64_t>(),
+                                  stream());
+  return out;
+}
+
 // A tensor lr stays on the device (no host sync): a full one in the param's dtype, a one-element
 // one converted to the op-math type; `keep` holds the converted tensor alive until the launch.
-dg_cuda::LearningRate learning_rate(const c10::optional<at::Tensor>& lr_tensor, double lr, const at::Tensor& param,
+dg_cuda::LearningRate learning_rate(const OptTensor& lr_tensor, double lr, const at::Tensor& param,
                                     at::Tensor& keep) {
   if (!lr_tensor.has_value() || !lr_tensor->defined()) return {nullptr, nullptr, lr};
   if (lr_tensor->dim() > 0 && lr_tensor->numel() > 1) {
@@ -59,26 +91,29 @@ at::Tensor philox4x32_10_cuda(const at::Tensor& counter, const at::Tensor& key) 
   return out;
 }
 
-at::Tensor noise_cuda(const at::Tensor& like, double p, int64_t mode, int64_t seed, int64_t offset) {
+at::Tensor noise_cuda(const at::Tensor& like, double p, int64_t mode, int64_t seed, int64_t offset,
+                      const OptTensor& rng_state) {
   TORCH_CHECK(like.is_cuda(), "like must be a CUDA tensor");
   const c10::cuda::CUDAGuard guard(like.device());
   at::Tensor out = at::empty(like.sizes(), like.options().dtype(at::kFloat).memory_format(at::MemoryFormat::Contiguous));
-  dg_cuda::noise(out.data_ptr<float>(), out.numel(), dg::make_stream(p, mode, seed), offset / 4, stream());
+  dg_cuda::noise(out.data_ptr<float>(), out.numel(), rng(p, mode, seed, rng_state, like), offset / 4, stream());
   return out;
 }
 
-at::Tensor drop_grad_cuda(const at::Tensor& grad, double p, int64_t mode, int64_t seed, int64_t offset) {
+at::Tensor drop_grad_cuda(const at::Tensor& grad, double p, int64_t mode, int64_t seed, int64_t offset,
+                          const OptTensor& rng_state) {
   check(grad, "grad");
   const c10::cuda::CUDAGuard guard(grad.device());
   const at::Tensor g = grad.contiguous();
   at::Tensor out = at::empty_like(g);
-  dg_cuda::drop_grad(dtype_of(g), g.data_ptr(), out.data_ptr(), g.numel(), dg::make_stream(p, mode, seed), offset / 4,
+  dg_cuda::drop_grad(dtype_of(g), g.data_ptr(), out.data_ptr(), g.numel(), rng(p, mode, seed, rng_state, g), offset / 4,
                      stream());
   return out;
 }
 
-at::Tensor dropgrad_update_cuda(const at::Tensor& param, const at::Tensor& grad, const c10::optional<at::Tensor>& lr_tensor,
-                                double lr, double p, int64_t mode, int64_t seed, int64_t offset) {
+at::Tensor dropgrad_update_cuda(const at::Tensor& param, const at::Tensor& grad, const OptTensor& lr_tensor,
+                                double lr, double p, int64_t mode, int64_t seed, int64_t offset,
+                                const OptTensor& rng_state) {
   check(param, "param");
   TORCH_CHECK(param.sizes() == grad.sizes() && param.scalar_type() == grad.scalar_type() && grad.is_cuda(),
               "param and grad must have the same shape, dtype and device");
@@ -88,14 +123,15 @@ at::Tensor dropgrad_update_cuda(const at::Tensor& param, const at::Tensor& grad,
   const dg_cuda::LearningRate l = learning_rate(lr_tensor, lr, w, keep);
   at::Tensor out = at::empty_like(w);
   dg_cuda::dropgrad_update(dtype_of(w), w.data_ptr(), g.data_ptr(), l, out.data_ptr(), w.numel(),
-                           dg::make_stream(p, mode, seed), offset / 4, stream());
+                           rng(p, mode, seed, rng_state, w), offset / 4, stream());
   return out;
 }
 
 // One multi-tensor launch sequence per dtype present; tensor k's stream starts where tensor
 // k-1's ends, rounded up to a multiple of 4 (as on every backend).
 std::vector<at::Tensor> dropgrad_step_cuda(at::TensorList params, at::TensorList grads, at::TensorList lrs, double lr,
-                                           double p, int64_t mode, int64_t seed, int64_t offset) {
+                                           double p, int64_t mode, int64_t seed, int64_t offset,
+                                           const OptTensor& rng_state) {
   const size_t nt = params.size();
   TORCH_CHECK(grads.size() == nt && (lrs.empty() || lrs.size() == nt), "params, grads and lrs must match in length");
   std::vector<at::Tensor> ws(nt), gs(nt), outs(nt), keep(nt);
@@ -117,16 +153,17 @@ std::vector<at::Tensor> dropgrad_step_cuda(at::TensorList params, at::TensorList
   }
   if (nt == 0) return outs;
   const c10::cuda::CUDAGuard guard(params[0].device());
-  const dg::Stream st = dg::make_stream(p, mode, seed);
+  const dg_cuda::Rng r = rng(p, mode, seed, rng_state, params[0]);
   for (int d = 0; d < 4; ++d) {
     if (!by_dtype[d].empty()) {
-      dg_cuda::dropgrad_step(static_cast<DType>(d), by_dtype[d].data(), static_cast<int>(by_dtype[d].size()), st, stream());
+      dg_cuda::dropgrad_step(static_cast<DType>(d), by_dtype[d].data(), static_cast<int>(by_dtype[d].size()), r, stream());
     }
   }
   return outs;
 }
 
-at::Tensor meta_dropout_cuda(const at::Tensor& f, const at::Tensor& a, bool deterministic, int64_t seed, int64_t offset) {
+at::Tensor meta_dropout_cuda(const at::Tensor& f, const at::Tensor& a, bool deterministic, int64_t seed, int64_t offset,
+                             const OptTensor& rng_state) {
   check(f, "f");
   TORCH_CHECK(f.sizes() == a.sizes() && f.scalar_type() == a.scalar_type() && a.is_cuda(),
               "f and a must have the same shape, dtype and device");
@@ -134,13 +171,13 @@ at::Tensor meta_dropout_cuda(const at::Tensor& f, const at::Tensor& a, bool dete
   const at::Tensor fc = f.contiguous(), ac = a.contiguous();
   at::Tensor out = at::empty_like(fc);
   dg_cuda::meta_dropout(dtype_of(fc), fc.data_ptr(), ac.data_ptr(), out.data_ptr(), fc.numel(),
-                        dg::make_stream(0.0, deterministic ? dg::kNone : dg::kNormal, seed), offset / 4, stream());
+                        rng(0.0, deterministic ? dg::kNone : dg::kNormal, seed, rng_state, fc), offset / 4, stream());
   return out;
 }
 
 std::tuple<at::Tensor, at::Tensor> meta_dropout_backward_cuda(const at::Tensor& grad_out, const at::Tensor& f,
                                                               const at::Tensor& a, bool deterministic, int64_t seed,
-                                                              int64_t offset) {
+                                                              int64_t offset, const OptTensor& rng_state) {
   check(f, "f");
   TORCH_CHECK(grad_out.sizes() == f.sizes() && f.sizes() == a.sizes() && grad_out.is_cuda() && a.is_cuda(),
               "grad_out, f and a must have the same shape and device");
@@ -148,7 +185,7 @@ std::tuple<at::Tensor, at::Tensor> meta_dropout_backward_cuda(const at::Tensor& 
   const at::Tensor g = grad_out.contiguous().to(f.scalar_type()), fc = f.contiguous(), ac = a.contiguous();
   at::Tensor gf = at::empty_like(fc), ga = at::empty_like(fc);
   dg_cuda::meta_dropout_backward(dtype_of(fc), g.data_ptr(), fc.data_ptr(), ac.data_ptr(), gf.data_ptr(), ga.data_ptr(),
-                                 fc.numel(), dg::make_stream(0.0, deterministic ? dg::kNone : dg::kNormal, seed),
+                                 fc.numel(), rng(0.0, deterministic ? dg::kNone : dg::kNormal, seed, rng_state, fc),
                                  offset / 4, stream());
   return {gf, ga};
 }
@@ -163,4 +200,5 @@ TORCH_LIBRARY_IMPL(dropgrad, CUDA, m) {
   m.impl("dropgrad_step", &dropgrad_step_cuda);
   m.impl("meta_dropout", &meta_dropout_cuda);
   m.impl("meta_dropout_backward", &meta_dropout_backward_cuda);
+  m.impl("cuda_rng_state", &cuda_rng_state_cuda);
 }
