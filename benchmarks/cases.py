@@ -1,17 +1,25 @@
-"""What the benchmarks time: each op at the parameter counts of Conv-4 and ResNet-18, as the fused
-kernel, the eager form of the published code, torch.compile of that eager form, and (for the
-update) the floor torch.add(param, grad, alpha=-lr), which moves the same bytes with no noise."""
+"""What the benchmarks time. Each op as the fused kernel, the eager form of the published code,
+torch.compile of that eager form and, for the updates, the floor: a plain torch.add (a
+torch._foreach_add for lists), which moves the same bytes with no noise.
+
+DROPGRAD_BENCH_FULL=1 (the report's --full) adds 4K, 1M and 64M elements and bfloat16."""
+import os
+
 import torch
 import torch.nn.functional as F
 
 import dropgrad_cuda as dg
+from benchmarks.models import P, SIGMA, conv4_shapes, published_dropgrad_step, resnet18_shapes, tensors
 
-SIZES = {"conv4-112K": 112_000, "resnet18-11M": 11_000_000}
-P, LR = 0.1, 0.01
-SIGMA = (P / (1 - P)) ** 0.5
+FULL = os.environ.get("DROPGRAD_BENCH_FULL") == "1"
+LR = 0.01
+SIZES = {"112K": 112_000, "11M": 11_000_000, **({"4K": 4_000, "1M": 1_000_000, "64M": 64_000_000} if FULL else {})}
+MD_SIZES = {**SIZES, "22M": 22_000_000}
+DTYPES = [torch.float32, torch.bfloat16] if FULL else [torch.float32]
+LISTS = {"conv4-list": conv4_shapes, "resnet18-list": resnet18_shapes}
 
 
-# The published DropGrad code (methods/drop_grad.py) and a meta-dropout forward, eagerly.
+# The eager forms: the published DropGrad code (methods/drop_grad.py) and meta-dropout's forward.
 def eager_noise(g, mode):
     if mode == "gaussian":
         return torch.empty_like(g).normal_(1, SIGMA)
@@ -30,6 +38,10 @@ def eager_meta_dropout(f, a):
     return f * F.softplus(a + torch.randn_like(a))
 
 
+def fused_meta_dropout(f, a):
+    return dg.meta_dropout(f, a)
+
+
 _compiled = {}
 
 
@@ -39,43 +51,69 @@ def compiled(fn):
     return _compiled[fn]
 
 
-def fwd_bwd(fn):
-    """Forward and backward of fn(f, a) against a fixed upstream gradient."""
-    def run(f, a, gout):
+class Case:
+    """One benchmark row: `make()` builds the inputs and returns the thunk to time."""
+
+    def __init__(self, op, size, impl, dtype, make):
+        self.op, self.size, self.impl, self.dtype, self.make = op, size, impl, dtype, make
+
+    @property
+    def id(self):
+        return f"{self.op}|{self.size}|{str(self.dtype).split('.')[-1]}|{self.impl}"
+
+
+def _flat(n, k, dtype, grad=False):
+    g = torch.Generator().manual_seed(0)
+    return [torch.randn(n, generator=g).to(dtype).requires_grad_(grad) for _ in range(k)]
+
+
+def _fwd_bwd(fn, f, a, gout):
+    def run():
         fn(f, a).backward(gout)
     return run
 
 
 def cases():
-    """(op, size name, implementation, thunk factory): a factory builds inputs and returns the thunk to time."""
     out = []
-    for size, n in SIZES.items():
-        def tensors(k, n=n, grad=False):
-            g = torch.Generator().manual_seed(0)
-            return [torch.randn(n, generator=g).requires_grad_(grad) for _ in range(k)]
-
+    for (size, n), dtype in ((s, d) for s in SIZES.items() for d in DTYPES):
         for mode in ("gaussian", "bernoulli"):
-            op = f"dropgrad_update/{mode}"
-            out += [
-                (op, size, "fused", lambda t=tensors, m=mode: (lambda w, g: lambda: dg.dropgrad_update(w, g, LR, P, m))(*t(2))),
-                (op, size, "eager", lambda t=tensors, m=mode: (lambda w, g: lambda: eager_update(w, g, m))(*t(2))),
-                (op, size, "compile", lambda t=tensors, m=mode: (lambda w, g: lambda: compiled(eager_update)(w, g, m))(*t(2))),
-                (op, size, "floor", lambda t=tensors: (lambda w, g: lambda: torch.add(w, g, alpha=-LR))(*t(2))),
-            ]
-            op = f"drop_grad/{mode}"
-            out += [
-                (op, size, "fused", lambda t=tensors, m=mode: (lambda g: lambda: dg.drop_grad(g, P, m))(*t(1))),
-                (op, size, "eager", lambda t=tensors, m=mode: (lambda g: lambda: eager_drop_grad(g, m))(*t(1))),
-                (op, size, "compile", lambda t=tensors, m=mode: (lambda g: lambda: compiled(eager_drop_grad)(g, m))(*t(1))),
-            ]
-        out += [
-            ("meta_dropout/fwd", size, "fused", lambda t=tensors: (lambda f, a: lambda: dg.meta_dropout(f, a))(*t(2))),
-            ("meta_dropout/fwd", size, "eager", lambda t=tensors: (lambda f, a: lambda: eager_meta_dropout(f, a))(*t(2))),
-            ("meta_dropout/fwd", size, "compile",
-             lambda t=tensors: (lambda f, a: lambda: compiled(eager_meta_dropout)(f, a))(*t(2))),
-        ]
-        for impl, fn in (("fused", lambda f, a: dg.meta_dropout(f, a)), ("eager", eager_meta_dropout),
-                         ("compile", lambda f, a: compiled(eager_meta_dropout)(f, a))):
-            out.append(("meta_dropout/fwd+bwd", size, impl,
-                        lambda t=tensors, fn=fn: (lambda f, a, g: lambda: fwd_bwd(fn)(f, a, g))(*t(2, grad=True), *t(1))))
+            def upd(impl, mode=mode, n=n, dtype=dtype):
+                w, g = _flat(n, 2, dtype)
+                return {"fused": lambda: dg.dropgrad_update(w, g, LR, P, mode),
+                        "eager": lambda: eager_update(w, g, mode),
+                        "compile": lambda: compiled(eager_update)(w, g, mode),
+                        "floor": lambda: torch.add(w, g, alpha=-LR)}[impl]
+
+            def drop(impl, mode=mode, n=n, dtype=dtype):
+                (g,) = _flat(n, 1, dtype)
+                return {"fused": lambda: dg.drop_grad(g, P, mode), "eager": lambda: eager_drop_grad(g, mode),
+                        "compile": lambda: compiled(eager_drop_grad)(g, mode)}[impl]
+
+            out += [Case(f"dropgrad_update/{mode}", size, i, dtype, lambda i=i, u=upd: u(i))
+                    for i in ("fused", "eager", "compile", "floor")]
+            out += [Case(f"drop_grad/{mode}", size, i, dtype, lambda i=i, d=drop: d(i)) for i in ("fused", "eager", "compile")]
+    for (size, n), dtype in ((s, d) for s in MD_SIZES.items() for d in DTYPES):
+        for impl, fn in (("fused", fused_meta_dropout), ("eager", eager_meta_dropout)):
+            out.append(Case("meta_dropout/fwd", size, impl, dtype,
+                            lambda fn=fn, n=n, dtype=dtype: (lambda f, a: lambda: fn(f, a))(*_flat(n, 2, dtype))))
+            out.append(Case("meta_dropout/fwd+bwd", size, impl, dtype,
+                            lambda fn=fn, n=n, dtype=dtype: _fwd_bwd(fn, *_flat(n, 2, dtype, True), *_flat(n, 1, dtype))))
+        for name, fn in (("meta_dropout/fwd", eager_meta_dropout), ("meta_dropout/fwd+bwd", eager_meta_dropout)):
+            if name.endswith("bwd"):
+                make = lambda n=n, dtype=dtype: _fwd_bwd(lambda f, a: compiled(eager_meta_dropout)(f, a),  # noqa: E731
+                                                         *_flat(n, 2, dtype, True), *_flat(n, 1, dtype))
+            else:
+                make = lambda n=n, dtype=dtype: (lambda f, a: lambda: compiled(eager_meta_dropout)(f, a))(  # noqa: E731
+                    *_flat(n, 2, dtype))
+            out.append(Case(name, size, "compile", dtype, make))
+    for size, shapes in LISTS.items():
+        def step(impl, shapes=shapes):
+            ws, gs = tensors(shapes(), 0), tensors(shapes(), 1)
+            return {"fused": lambda: dg.dropgrad_step(ws, gs, LR, P, "gaussian"),
+                    "eager": lambda: published_dropgrad_step(ws, gs, LR),
+                    "compile": lambda: compiled(published_dropgrad_step)(ws, gs, LR),
+                    "floor": lambda: torch._foreach_add(ws, gs, alpha=-LR)}[impl]
+
+        out += [Case("dropgrad_step/gaussian", size, i, torch.float32, lambda i=i, s=step: s(i))
+                for i in ("fused", "eager", "compile", "floor")]
     return out

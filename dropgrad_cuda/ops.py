@@ -184,10 +184,14 @@ def dropgrad_step(params, grads, lr, p, mode="gaussian", *, seed=None, offset=0,
         raise ValueError(f"params and grads must have the same length, got {len(params)} and {len(grads)}")
     if not params:
         return []
+    device = params[0].device if isinstance(params[0], torch.Tensor) else None
     for i, (w, g) in enumerate(zip(params, grads)):
-        _check_pair(w, g, f"params[{i}]", f"grads[{i}]")
-        if w.device != params[0].device:
-            raise ValueError(f"params[{i}] is on {w.device} but params[0] is on {params[0].device}")
+        # One cheap test a pair on the hot path (an inner loop calls this per step); the detailed
+        # checks below only run to name what is wrong.
+        if not (isinstance(w, torch.Tensor) and isinstance(g, torch.Tensor) and w.dtype in _FLOAT_DTYPES
+                and w.dtype == g.dtype and w.shape == g.shape and w.device == device and g.device == device):
+            _check_pair(w, g, f"params[{i}]", f"grads[{i}]")
+            raise ValueError(f"params[{i}] is on {w.device} but params[0] is on {device}")
     if isinstance(lr, (list, tuple)):
         if len(lr) != len(params):
             raise ValueError(f"lr must have one entry per param ({len(params)}), got {len(lr)}")
