@@ -73,8 +73,8 @@ def plot(rows, path):
                 ax.plot(*zip(*pts), style, label=impl, linewidth=2.5 if impl == "floor" else 1.5)
         ax.set(xscale="log", yscale="log", title=op, xlabel="elements")
         ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
     axes[0][0].set_ylabel("median ms (float32, 2 threads)")
-    axes[0][0].legend()
     fig.tight_layout()
     fig.savefig(path, dpi=110)
 

@@ -53,7 +53,7 @@ def configurations():
     for d, noisy, state in itertools.product(DTYPES, (False, True), (False, True)):
         if state and not noisy:
             continue
-        base = {"state_ptr": "*i64", "n": "i64", "q0": "i64", **runtime, "NOISY": "constexpr", "ACC": "constexpr",
+        base = {"state_ptr": "*i64", "n": "i64", "seed": "i64", "q0": "i64", "NOISY": "constexpr", "ACC": "constexpr",
                 "HAS_STATE": "constexpr"}
         meta = {"NOISY": noisy, "ACC": _acc(d), "HAS_STATE": state}
         yield (f"meta_dropout[{d},noisy={noisy},state={state}]", K.meta_dropout_kernel,

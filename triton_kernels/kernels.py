@@ -84,10 +84,13 @@ def step_kernel(table_ptr, block_tensor_ptr, state_ptr, seed, p, scale, sigma, M
     rows = local * ROWS_C + tl.arange(0, ROWS_C).to(tl.int64)
     idx = rows[:, None] * 4 + tl.arange(0, 4)[None, :].to(tl.int64)
     mask = idx < n
-    g = tl.load(tl.load(row + GRAD).to(tl.pointer_type(DTYPE)) + idx, mask=mask).to(ACC)
+    # The noise first, before any tile is loaded: fewer live registers (no spills on sm_90 in float64).
     if MODE != 0:
         seed, q0 = _stream(seed, tl.load(row + Q0), state_ptr, HAS_STATE)
-        g = g * noise_tile(seed, q0 + rows, p, scale, sigma, MODE).to(ACC)
+        nz = noise_tile(seed, q0 + rows, p, scale, sigma, MODE).to(ACC)
+    g = tl.load(tl.load(row + GRAD).to(tl.pointer_type(DTYPE)) + idx, mask=mask).to(ACC)
+    if MODE != 0:
+        g = g * nz
     lr_ptr = tl.load(row + LR)
     full = tl.load(row + LR_IS_FULL) != 0
     # A full-shape lr has the param's dtype; a scalar one was converted to the compute dtype.
@@ -98,27 +101,31 @@ def step_kernel(table_ptr, block_tensor_ptr, state_ptr, seed, p, scale, sigma, M
     tl.store(tl.load(row + OUT).to(tl.pointer_type(DTYPE)) + idx, cast_out(w - lr * g, DTYPE), mask=mask)
 
 
-@triton.jit(do_not_specialize=RUNTIME)
-def meta_dropout_kernel(out_ptr, f_ptr, a_ptr, state_ptr, n, seed, q0, p, scale, sigma, NOISY: tl.constexpr,
-                        ACC: tl.constexpr, HAS_STATE: tl.constexpr):
-    rows, idx, mask = _tile(n)
-    seed, q0 = _stream(seed, q0, state_ptr, HAS_STATE)
+@triton.jit
+def _meta_dropout_z(a_ptr, idx, mask, rows, seed, q0, state_ptr, NOISY: tl.constexpr, HAS_STATE: tl.constexpr,
+                    ACC: tl.constexpr):
+    """a + eps, with eps regenerated from the stream (forward and backward alike; never saved)."""
     z = tl.load(a_ptr + idx, mask=mask).to(ACC)
     if NOISY:
-        z = z + noise_tile(seed, q0 + rows, p, scale, sigma, 3).to(ACC)
+        seed, q0 = _stream(seed, q0, state_ptr, HAS_STATE)
+        z = z + noise_tile(seed, q0 + rows, 0.0, 1.0, 0.0, 3).to(ACC)
+    return z
+
+
+@triton.jit(do_not_specialize=["n", "seed", "q0"])
+def meta_dropout_kernel(out_ptr, f_ptr, a_ptr, state_ptr, n, seed, q0, NOISY: tl.constexpr, ACC: tl.constexpr,
+                        HAS_STATE: tl.constexpr):
+    rows, idx, mask = _tile(n)
+    z = _meta_dropout_z(a_ptr, idx, mask, rows, seed, q0, state_ptr, NOISY, HAS_STATE, ACC)
     f = tl.load(f_ptr + idx, mask=mask).to(ACC)
     tl.store(out_ptr + idx, cast_out(f * softplus(z), out_ptr.dtype.element_ty), mask=mask)
 
 
-@triton.jit(do_not_specialize=RUNTIME)
-def meta_dropout_backward_kernel(gf_ptr, ga_ptr, gout_ptr, f_ptr, a_ptr, state_ptr, n, seed, q0, p, scale, sigma,
-                                 NOISY: tl.constexpr, ACC: tl.constexpr, HAS_STATE: tl.constexpr):
-    """Regenerates eps from (seed, q0) instead of reading a saved mask."""
+@triton.jit(do_not_specialize=["n", "seed", "q0"])
+def meta_dropout_backward_kernel(gf_ptr, ga_ptr, gout_ptr, f_ptr, a_ptr, state_ptr, n, seed, q0, NOISY: tl.constexpr,
+                                 ACC: tl.constexpr, HAS_STATE: tl.constexpr):
     rows, idx, mask = _tile(n)
-    seed, q0 = _stream(seed, q0, state_ptr, HAS_STATE)
-    z = tl.load(a_ptr + idx, mask=mask).to(ACC)
-    if NOISY:
-        z = z + noise_tile(seed, q0 + rows, p, scale, sigma, 3).to(ACC)
+    z = _meta_dropout_z(a_ptr, idx, mask, rows, seed, q0, state_ptr, NOISY, HAS_STATE, ACC)
     g = tl.load(gout_ptr + idx, mask=mask).to(ACC)
     f = tl.load(f_ptr + idx, mask=mask).to(ACC)
     tl.store(gf_ptr + idx, cast_out(g * softplus(z), gf_ptr.dtype.element_ty), mask=mask)

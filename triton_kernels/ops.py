@@ -122,7 +122,7 @@ def meta_dropout(f, a, deterministic, seed, offset, rng_state=None):
     fc, ac = f.contiguous(), a.contiguous()
     out = torch.empty_like(fc)
     state, has_state = _state(rng_state, fc)
-    _launch(K.meta_dropout_kernel, _grid(fc.numel()), out, fc, ac, state, fc.numel(), seed, offset // 4, *_scalars(0.0),
+    _launch(K.meta_dropout_kernel, _grid(fc.numel()), out, fc, ac, state, fc.numel(), seed, offset // 4,
             NOISY=not deterministic, ACC=_tl(_acc(fc.dtype)), HAS_STATE=has_state)
     return out
 
@@ -133,7 +133,7 @@ def meta_dropout_backward(grad_out, f, a, deterministic, seed, offset, rng_state
     gf, ga = torch.empty_like(fc), torch.empty_like(fc)
     state, has_state = _state(rng_state, fc)
     _launch(K.meta_dropout_backward_kernel, _grid(fc.numel()), gf, ga, g, fc, ac, state, fc.numel(), seed, offset // 4,
-            *_scalars(0.0), NOISY=not deterministic, ACC=_tl(_acc(fc.dtype)), HAS_STATE=has_state)
+            NOISY=not deterministic, ACC=_tl(_acc(fc.dtype)), HAS_STATE=has_state)
     return gf, ga
 
 
