@@ -303,6 +303,26 @@ at::Tensor dropgrad_update_cpu(const at::Tensor& param, const at::Tensor& grad,
   return out;
 }
 
+// One tensor of a step, its dtype resolved before the parallel region: AT_DISPATCH inside the
+// per-block loop cost more than the noise on small lists (Conv-4) and kept them from scaling.
+struct StepItem {
+  const void* param;
+  const void* grad;
+  const void* lr_vec;
+  double lr;
+  void* out;
+  int64_t numel;
+  int64_t offset;
+  void (*run)(const StepItem&, int64_t begin, int64_t n, const float* noise);
+};
+
+template <typename scalar_t>
+void run_update(const StepItem& t, int64_t begin, int64_t n, const float* noise) {
+  const scalar_t* lr_vec = t.lr_vec ? static_cast<const scalar_t*>(t.lr_vec) + begin : nullptr;
+  update_range(static_cast<const scalar_t*>(t.param) + begin, static_cast<const scalar_t*>(t.grad) + begin, lr_vec, t.lr,
+               static_cast<scalar_t*>(t.out) + begin, n, noise);
+}
+
 // The whole list in one parallel region: blocks of all tensors are numbered consecutively and
 // each worker finds its tensor by binary search. Tensor k's stream starts where tensor k-1's
 // ends, rounded up to a multiple of 4.
@@ -313,39 +333,40 @@ std::vector<at::Tensor> dropgrad_step_cpu(at::TensorList params, at::TensorList 
   const size_t nt = params.size();
   TORCH_CHECK(grads.size() == nt, "params and grads must have the same length");
   TORCH_CHECK(lrs.empty() || lrs.size() == nt, "lrs must be empty or have one entry per param");
-  std::vector<at::Tensor> pc(nt), gc(nt), out(nt);
-  std::vector<LearningRate> lv(nt);
-  std::vector<int64_t> first_block(nt + 1, 0), offsets(nt);
+  std::vector<at::Tensor> keep, out(nt);  // keep: contiguous copies and lr arrays, alive until the end
+  std::vector<StepItem> items(nt);
+  std::vector<int64_t> first_block(nt + 1, 0);
   int64_t stream = offset;
   for (size_t k = 0; k < nt; ++k) {
     check_floating(params[k], "params");
     TORCH_CHECK(params[k].sizes() == grads[k].sizes() && params[k].scalar_type() == grads[k].scalar_type(),
                 "params[", k, "] and grads[", k, "] must have the same shape and dtype");
-    pc[k] = params[k].contiguous();
-    gc[k] = grads[k].contiguous();
-    lv[k] = resolve_lr(lrs.empty() ? OptTensor() : OptTensor(lrs[k]), lr, params[k]);
-    out[k] = at::empty_like(pc[k]);
-    offsets[k] = stream;
-    stream += (pc[k].numel() + 3) / 4 * 4;
-    first_block[k + 1] = first_block[k] + (pc[k].numel() + kBlock - 1) / kBlock;
+    const at::Tensor w = params[k].contiguous(), g = grads[k].contiguous();
+    const LearningRate l = resolve_lr(lrs.empty() ? OptTensor() : OptTensor(lrs[k]), lr, params[k]);
+    out[k] = at::empty_like(w);
+    StepItem& it = items[k];
+    it = {w.data_ptr(), g.data_ptr(), l.vec.defined() ? l.vec.data_ptr() : nullptr, l.scalar, out[k].data_ptr(),
+          w.numel(), stream, nullptr};
+    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, w.scalar_type(), "dropgrad_step",
+                                    [&] { it.run = &run_update<scalar_t>; });
+    keep.insert(keep.end(), {w, g, l.vec});
+    stream += (w.numel() + 3) / 4 * 4;
+    first_block[k + 1] = first_block[k] + (w.numel() + kBlock - 1) / kBlock;
   }
   const Stream st = make_stream(p, mode, seed);
   at::parallel_for(0, first_block[nt], kGrainBlocks, [&](int64_t b0, int64_t b1) {
     alignas(64) float buf[kBlock];
     for (int64_t b = b0; b < b1; ++b) {
       const size_t k = std::upper_bound(first_block.begin(), first_block.end(), b) - first_block.begin() - 1;
+      const StepItem& it = items[k];
       const int64_t begin = (b - first_block[k]) * kBlock;
-      const int64_t n = std::min(kBlock, pc[k].numel() - begin);
+      const int64_t n = std::min(kBlock, it.numel - begin);
       const float* nz = nullptr;
       if (st.np.mode != dg::kNone) {
-        noise_block(st.np, static_cast<uint64_t>(offsets[k] + begin) / 4, (n + 3) / 4, st.k0, st.k1, buf);
+        noise_block(st.np, static_cast<uint64_t>(it.offset + begin) / 4, (n + 3) / 4, st.k0, st.k1, buf);
         nz = buf;
       }
-      AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, pc[k].scalar_type(), "dropgrad_step", [&] {
-        const scalar_t* lp = lv[k].vec.defined() ? lv[k].vec.data_ptr<scalar_t>() + begin : nullptr;
-        update_range(pc[k].data_ptr<scalar_t>() + begin, gc[k].data_ptr<scalar_t>() + begin, lp, lv[k].scalar,
-                     out[k].data_ptr<scalar_t>() + begin, n, nz);
-      });
+      it.run(it, begin, n, nz);
     }
   });
   return out;
