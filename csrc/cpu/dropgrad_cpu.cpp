@@ -128,8 +128,16 @@ void noise_block(const dg::NoiseParams& np, uint64_t q0, int64_t count, uint32_t
   }
 }
 
-// Calls body(begin, n, noise) over [0, numel) in kBlock pieces, in parallel; noise is nullptr
-// in mode none. `offset` is the stream position of element 0 (a multiple of 4).
+// The noise of n (<= kBlock) elements from stream position `pos` (a multiple of 4) in buf, or
+// nullptr in mode none.
+const float* block_noise(const Stream& st, int64_t pos, int64_t n, float* buf) {
+  if (st.np.mode == dg::kNone) return nullptr;
+  noise_block(st.np, static_cast<uint64_t>(pos) / 4, (n + 3) / 4, st.k0, st.k1, buf);
+  return buf;
+}
+
+// Calls body(begin, n, noise) over [0, numel) in kBlock pieces, in parallel. `offset` is the
+// stream position of element 0.
 template <typename Body>
 void for_each_block(int64_t numel, int64_t offset, const Stream& st, const Body& body) {
   const int64_t nblocks = (numel + kBlock - 1) / kBlock;
@@ -138,10 +146,7 @@ void for_each_block(int64_t numel, int64_t offset, const Stream& st, const Body&
     for (int64_t b = b0; b < b1; ++b) {
       const int64_t begin = b * kBlock;
       const int64_t n = std::min(kBlock, numel - begin);
-      if (st.np.mode != dg::kNone) {
-        noise_block(st.np, static_cast<uint64_t>(offset + begin) / 4, (n + 3) / 4, st.k0, st.k1, buf);
-      }
-      body(begin, n, st.np.mode == dg::kNone ? nullptr : buf);
+      body(begin, n, block_noise(st, offset + begin, n, buf));
     }
   });
 }
@@ -361,12 +366,7 @@ std::vector<at::Tensor> dropgrad_step_cpu(at::TensorList params, at::TensorList 
       const StepItem& it = items[k];
       const int64_t begin = (b - first_block[k]) * kBlock;
       const int64_t n = std::min(kBlock, it.numel - begin);
-      const float* nz = nullptr;
-      if (st.np.mode != dg::kNone) {
-        noise_block(st.np, static_cast<uint64_t>(it.offset + begin) / 4, (n + 3) / 4, st.k0, st.k1, buf);
-        nz = buf;
-      }
-      it.run(it, begin, n, nz);
+      it.run(it, begin, n, block_noise(st, it.offset + begin, n, buf));
     }
   });
   return out;
