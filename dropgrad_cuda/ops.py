@@ -5,6 +5,7 @@ import numbers
 import os
 
 import torch
+import torch.nn.functional as F
 
 from . import _autograd, reference
 from .reference import MODES
@@ -225,6 +226,35 @@ def meta_dropout(f, a, *, deterministic=False, seed=None, offset=0, backend="aut
     if k is reference:
         return reference.meta_dropout(f, a, deterministic=deterministic, seed=seed, offset=offset)
     return k.meta_dropout(f, a, deterministic, seed, offset, state)
+
+
+def logit_noise(mu, s, *, deterministic=False, seed=None, offset=0, backend="auto"):
+    """mu + softplus(s) * eps: the additive logit noise of the published meta-dropout code's last
+    layer, s one scale per example broadcast over classes (e.g. shape (B, 1) for logits (B, C)).
+    One fused update kernel (mode "normal", lr = -1) draws eps and adds; mu when deterministic."""
+    _check_tensor(mu, "mu")
+    _check_tensor(s, "s")
+    if s.dtype != mu.dtype:
+        raise TypeError(f"s must have mu's dtype {mu.dtype}, got {s.dtype}")
+    if s.device != mu.device:
+        raise ValueError(f"s is on {s.device} but mu is on {mu.device}")
+    if not isinstance(deterministic, bool):
+        raise TypeError(f"deterministic must be a bool, got {type(deterministic).__name__}")
+    try:
+        fits = torch.broadcast_shapes(s.shape, mu.shape) == mu.shape
+    except RuntimeError:
+        fits = False
+    if not fits:
+        raise ValueError(f"s of shape {tuple(s.shape)} must broadcast to mu's shape {tuple(mu.shape)}")
+    offset = _offset(offset, mu.numel())
+    k = _kernels(backend, mu.device)
+    if deterministic:
+        return mu
+    seed, state = _rng(seed, mu, mu.numel(), k)
+    if k is reference:
+        return reference.logit_noise(mu, s, seed=seed, offset=offset)
+    scale = F.softplus(s).expand(mu.shape)
+    return k.dropgrad_update(mu, scale, None, -1.0, 0.0, MODES["normal"], seed, offset, state)
 
 
 def philox4x32_10(counter, key, *, backend="auto"):

@@ -171,3 +171,12 @@ def meta_dropout(f, a, *, deterministic=False, seed, offset=0):
     if not deterministic:
         z = z + _noise_like(a, 0.0, "normal", seed, offset)
     return (f.to(c) * F.softplus(z)).to(f.dtype)
+
+
+def logit_noise(mu, s, *, deterministic=False, seed, offset=0):
+    """mu + softplus(s) * eps, eps ~ N(0, 1) from the stream, s broadcast to mu (one scale per example)."""
+    if deterministic:
+        return mu
+    c = _opmath(mu)
+    scale = F.softplus(s).to(c).expand(mu.shape)  # softplus in s's dtype, as the fused op feeds its kernel
+    return (mu.to(c) + scale * _noise_like(mu, 0.0, "normal", seed, offset)).to(mu.dtype)

@@ -62,6 +62,12 @@ def test_meta_dropout_gradients(backend, deterministic):
     check_both_orders(fn, (f, a_big))
 
 
+def test_logit_noise_gradients(backend):
+    name, device = backend
+    mu, s = f64(4, 5, seed=1, device=device), f64(4, 1, seed=2, device=device)
+    check_both_orders(lambda mu, s: dg.logit_noise(mu, s, seed=2**33, backend=name), (mu, s))
+
+
 def test_meta_dropout_third_order(backend):
     name, device = backend
     f, a = f64(6, seed=1, device=device), f64(6, seed=2, device=device)

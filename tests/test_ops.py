@@ -106,6 +106,22 @@ def test_meta_dropout(backend, dtype, deterministic):
         assert_matches(got, want, backend, ulps=4)
 
 
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_logit_noise(backend, dtype):
+    # One update kernel in mode "normal" (lr = -1): mu + softplus(s) * eps, exact like the updates.
+    name, device = backend
+    for mu_shape, s_shape in (((0, 5), (0, 1)), ((7, 5), (7, 1)), ((3, 4, 10), (3, 4, 1)), ((6,), (1,))):
+        mu, s = make(mu_shape, dtype, device, 1), make(s_shape, dtype, device, 2) * 3
+        got = dg.logit_noise(mu, s, seed=2**36 + 5, offset=12, backend=name)
+        assert_matches(got, R.logit_noise(mu.cpu(), s.cpu(), seed=2**36 + 5, offset=12), backend)
+        assert dg.logit_noise(mu, s, deterministic=True, backend=name) is mu
+    # eps is the contract's N(0, 1) stream, the meta-dropout epsilon of the same (seed, offset).
+    mu, s = torch.zeros(64, 1, device=device), torch.full((64, 1), 0.5413248546129181, device=device)  # softplus = 1
+    eps = R.noise(64, 0.0, "normal", seed=9, offset=4)
+    torch.testing.assert_close(dg.logit_noise(mu, s, seed=9, offset=4, backend=name).cpu().reshape(-1), eps,
+                               rtol=1e-6, atol=1e-6)
+
+
 def test_meta_dropout_deterministic_ignores_seed(backend):
     name, device = backend
     f, a = make((100,), torch.float32, device, 1), make((100,), torch.float32, device, 2)

@@ -1,0 +1,52 @@
+"""For ``torch.func.functional_call`` inner loops: parameters and gradients as dicts of tensors."""
+import torch
+
+from . import _common
+
+
+def _lr_of(lr, name, step):
+    if not isinstance(lr, dict):
+        return lr
+    if name not in lr:
+        raise KeyError(f"lr has no entry for parameter {name!r}")
+    l = lr[name]
+    if step is None:
+        return l
+    try:
+        return l[step]
+    except (IndexError, TypeError) as e:
+        raise ValueError(f"lr[{name!r}] must be indexable by step={step} (one step size per inner step)") from e
+
+
+def inner_step(params, grads, lr, p, mode="gaussian", *, step=None, seed=None, first_order=False, training=True,
+               backend="auto"):
+    """One DropGrad inner update of a dict of parameters; returns a new dict (same keys and order).
+
+    lr: a float (MAML); a dict of tensors by name, each 0-d or of the parameter's shape (Meta-SGD);
+    or, with `step`, a dict of per-step step sizes indexed by `step` (MAML++ LSLR: lr[name][step]).
+    grads: a dict by name (a missing name or None leaves that parameter unchanged), or a sequence
+    in params' order, as torch.autograd.grad returns it. Noise only when `training`.
+    """
+    if not isinstance(params, dict):
+        raise TypeError(f"params must be a dict of tensors, got {type(params).__name__}")
+    names = list(params)
+    if isinstance(grads, dict):
+        unknown = set(grads) - set(params)
+        if unknown:
+            raise ValueError(f"grads has names that are not in params: {sorted(unknown)}")
+        gs = [grads.get(n) for n in names]
+    else:
+        gs = list(grads)
+    if isinstance(lr, dict) or step is not None:
+        if not isinstance(lr, dict):
+            raise TypeError("step is only meaningful with a dict lr of per-step step sizes")
+        lr = [_lr_of(lr, n, step) for n in names]
+    new = _common.step(params.values(), gs, lr, p, mode, seed=seed, first_order=first_order, training=training,
+                       backend=backend)
+    return dict(zip(names, new))
+
+
+def grads_of(loss, params, *, first_order=False):
+    """torch.autograd.grad of `loss` for a dict of params, as a dict; second order unless first_order."""
+    gs = torch.autograd.grad(loss, list(params.values()), create_graph=not first_order, allow_unused=True)
+    return dict(zip(params, gs))
