@@ -1,0 +1,1 @@
+"""A runnable few-shot example: ``python -m dropgrad_cuda.examples.few_shot --help``."""
