@@ -53,3 +53,9 @@ def test_example_under_torchrun_with_two_processes(tmp_path):
         assert a["param_checksum"] == b["param_checksum"]  # gradients all-reduced: one model
         assert a["noise_seed"] != b["noise_seed"]  # each process draws its own noise and tasks
     assert json.loads((tmp_path / "results.json").read_text())["world_size"] == 2
+
+
+@pytest.mark.skipif(not __import__("torch").cuda.is_available(), reason="needs a CUDA GPU")
+def test_example_on_cuda(tmp_path):
+    few_shot.main(TINY + ["--device", "cuda", "--methods", "dropgrad-gaussian,meta-dropout", "--out", str(tmp_path)])
+    assert (tmp_path / "results.json").exists()

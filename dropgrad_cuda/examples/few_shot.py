@@ -211,7 +211,7 @@ def plot(results, path):
             k = max(1, len(c) // 20)  # moving average over 5% of the run
             smooth = torch.nn.functional.avg_pool1d(c[None, None], k, 1).flatten() if len(c) >= k else c
             ax.plot(range(k, k + len(smooth)), smooth, label=r["method"])
-        ax.set_title(f"{name}: meta-train query loss (moving average)")
+        ax.set_title(f"{name}: meta-train outer loss, moving average (cml adds its co-learner loss)", fontsize=9)
         ax.set_xlabel("meta-iteration")
         ax.set_yscale("log")
         ax.legend()
