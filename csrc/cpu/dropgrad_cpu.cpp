@@ -6,8 +6,11 @@
 #include <torch/library.h>
 
 #include <immintrin.h>
+#include <sys/mman.h>
 
 #include <algorithm>
+#include <cstdint>
+#include <cstdlib>
 #include <vector>
 
 #include "../dropgrad_math.h"
@@ -20,6 +23,23 @@ constexpr int64_t kGrainBlocks = 16;
 using dg::make_stream;
 using dg::Stream;
 using OptTensor = c10::optional<at::Tensor>;
+
+// Large outputs are advised for transparent huge pages before the kernel first touches them: a
+// fresh 44 MB tensor otherwise takes ~11K page faults, more time than all of the kernel's
+// arithmetic on this CPU (PyTorch's THP_MEM_ALLOC_ENABLE=1 does the same for every allocation).
+// Only the 2 MiB-aligned interior is advised; the advice is a hint, so failure is harmless.
+// DROPGRAD_NO_THP=1 turns it off.
+at::Tensor empty_output(at::IntArrayRef sizes, const at::TensorOptions& options) {
+  constexpr uintptr_t kHuge = uintptr_t(2) << 20;
+  static const bool off = std::getenv("DROPGRAD_NO_THP") != nullptr;
+  at::Tensor t = at::empty(sizes, options.memory_format(at::MemoryFormat::Contiguous));
+  const uintptr_t p = reinterpret_cast<uintptr_t>(t.data_ptr());
+  const uintptr_t a = (p + kHuge - 1) & ~(kHuge - 1), e = (p + t.nbytes()) & ~(kHuge - 1);
+  if (!off && t.nbytes() >= 2 * kHuge && e > a) madvise(reinterpret_cast<void*>(a), e - a, MADV_HUGEPAGE);
+  return t;
+}
+
+at::Tensor empty_output(const at::Tensor& like) { return empty_output(like.sizes(), like.options()); }
 
 // The (seed, offset) a kernel uses: with rng_state (see csrc/ops.cpp) its seed, and its offset
 // added to the argument's.
@@ -256,7 +276,7 @@ at::Tensor philox4x32_10_cpu(const at::Tensor& counter, const at::Tensor& key) {
 
 at::Tensor noise_cpu(const at::Tensor& like, double p, int64_t mode, int64_t seed, int64_t offset, const OptTensor& rng_state) {
   resolve_seed(rng_state, seed, offset);
-  at::Tensor out = at::empty(like.sizes(), like.options().dtype(at::kFloat).memory_format(at::MemoryFormat::Contiguous));
+  at::Tensor out = empty_output(like.sizes(), like.options().dtype(at::kFloat));
   float* o = out.data_ptr<float>();
   const Stream st = make_stream(p, mode, seed);
   if (st.np.mode == dg::kNone) return out.fill_(1.0f);
@@ -271,7 +291,7 @@ at::Tensor drop_grad_cpu(const at::Tensor& grad, double p, int64_t mode, int64_t
   resolve_seed(rng_state, seed, offset);
   check_floating(grad, "grad");
   const at::Tensor g = grad.contiguous();
-  at::Tensor out = at::empty_like(g);
+  at::Tensor out = empty_output(g);
   const Stream st = make_stream(p, mode, seed);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, g.scalar_type(), "drop_grad", [&] {
     const scalar_t* gp = g.data_ptr<scalar_t>();
@@ -294,7 +314,7 @@ at::Tensor dropgrad_update_cpu(const at::Tensor& param, const at::Tensor& grad,
   const at::Tensor pc = param.contiguous();
   const at::Tensor gc = grad.contiguous();
   const LearningRate l = resolve_lr(lr_tensor, lr, param);
-  at::Tensor out = at::empty_like(pc);
+  at::Tensor out = empty_output(pc);
   const Stream st = make_stream(p, mode, seed);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, pc.scalar_type(), "dropgrad_update", [&] {
     const scalar_t* pp = pc.data_ptr<scalar_t>();
@@ -348,7 +368,7 @@ std::vector<at::Tensor> dropgrad_step_cpu(at::TensorList params, at::TensorList 
                 "params[", k, "] and grads[", k, "] must have the same shape and dtype");
     const at::Tensor w = params[k].contiguous(), g = grads[k].contiguous();
     const LearningRate l = resolve_lr(lrs.empty() ? OptTensor() : OptTensor(lrs[k]), lr, params[k]);
-    out[k] = at::empty_like(w);
+    out[k] = empty_output(w);
     StepItem& it = items[k];
     it = {w.data_ptr(), g.data_ptr(), l.vec.defined() ? l.vec.data_ptr() : nullptr, l.scalar, out[k].data_ptr(),
           w.numel(), stream, nullptr};
@@ -380,7 +400,7 @@ at::Tensor meta_dropout_cpu(const at::Tensor& f, const at::Tensor& a, bool deter
   TORCH_CHECK(f.sizes() == a.sizes() && f.scalar_type() == a.scalar_type(), "f and a must have the same shape and dtype");
   const at::Tensor fc = f.contiguous();
   const at::Tensor ac = a.contiguous();
-  at::Tensor out = at::empty_like(fc);
+  at::Tensor out = empty_output(fc);
   const Stream st = make_stream(0.0, deterministic ? dg::kNone : dg::kNormal, seed);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, fc.scalar_type(), "meta_dropout", [&] {
     const scalar_t* fp = fc.data_ptr<scalar_t>();
@@ -402,8 +422,8 @@ std::tuple<at::Tensor, at::Tensor> meta_dropout_backward_cpu(const at::Tensor& g
   const at::Tensor gc = grad_out.contiguous().to(f.scalar_type());
   const at::Tensor fc = f.contiguous();
   const at::Tensor ac = a.contiguous();
-  at::Tensor gf = at::empty_like(fc);
-  at::Tensor ga = at::empty_like(fc);
+  at::Tensor gf = empty_output(fc);
+  at::Tensor ga = empty_output(fc);
   const Stream st = make_stream(0.0, deterministic ? dg::kNone : dg::kNormal, seed);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, fc.scalar_type(), "meta_dropout_backward", [&] {
     const scalar_t* gp = gc.data_ptr<scalar_t>();
