@@ -61,6 +61,18 @@ def _kernels(backend, device):
     return _triton_ops()
 
 
+def _call(k, name, inputs, *args):
+    """k.<name>.default(*args). When autograd has nothing to record (grad mode off, or no input
+    that requires grad) the call skips the autograd layer, whose Python wrapper costs more than a
+    small kernel (~30 us on a list of 18 tensors); under torch.compile the op is traced as is."""
+    op = getattr(k, name).default
+    if torch.compiler.is_compiling() or (torch.is_grad_enabled() and any(t is not None and t.requires_grad
+                                                                           for t in inputs)):
+        return op(*args)
+    with torch._C._AutoDispatchBelowAutograd():
+        return op(*args)
+
+
 # ---------------------------------------------------------------- argument checks
 def _check_tensor(t, name):
     if not isinstance(t, torch.Tensor):
@@ -157,7 +169,7 @@ def drop_grad(grad, p, mode="gaussian", *, seed=None, offset=0, backend="auto"):
     seed, state = _rng(seed, grad, grad.numel(), k)
     if k is reference:
         return reference.drop_grad(grad, p, mode, seed=seed, offset=offset)
-    return k.drop_grad(grad, p, m, seed, offset, state)
+    return _call(k, "drop_grad", (grad,), grad, p, m, seed, offset, state)
 
 
 def dropgrad_update(param, grad, lr, p, mode="gaussian", *, seed=None, offset=0, backend="auto"):
@@ -170,7 +182,7 @@ def dropgrad_update(param, grad, lr, p, mode="gaussian", *, seed=None, offset=0,
     seed, state = _rng(seed, param, param.numel(), k)
     if k is reference:
         return reference.dropgrad_update(param, grad, lr, p, mode, seed=seed, offset=offset)
-    return k.dropgrad_update(param, grad, lr_t, lr_f, p, m, seed, offset, state)
+    return _call(k, "dropgrad_update", (param, grad, lr_t), param, grad, lr_t, lr_f, p, m, seed, offset, state)
 
 
 def dropgrad_step(params, grads, lr, p, mode="gaussian", *, seed=None, offset=0, backend="auto"):
@@ -212,7 +224,7 @@ def dropgrad_step(params, grads, lr, p, mode="gaussian", *, seed=None, offset=0,
     seed, state = _rng(seed, params[0], span, k)
     if k is reference:
         return reference.dropgrad_step(params, grads, lrs or lr_f, p, mode, seed=seed, offset=offset)
-    return list(k.dropgrad_step(params, grads, lrs, lr_f, p, m, seed, offset, state))
+    return _call(k, "dropgrad_step", (*params, *grads, *lrs), params, grads, lrs, lr_f, p, m, seed, offset, state)
 
 
 def meta_dropout(f, a, *, deterministic=False, seed=None, offset=0, backend="auto"):
@@ -225,7 +237,7 @@ def meta_dropout(f, a, *, deterministic=False, seed=None, offset=0, backend="aut
     seed, state = _rng(seed, f, f.numel(), k)
     if k is reference:
         return reference.meta_dropout(f, a, deterministic=deterministic, seed=seed, offset=offset)
-    return k.meta_dropout(f, a, deterministic, seed, offset, state)
+    return _call(k, "meta_dropout", (f, a), f, a, deterministic, seed, offset, state)
 
 
 def logit_noise(mu, s, *, deterministic=False, seed=None, offset=0, backend="auto"):
@@ -254,7 +266,7 @@ def logit_noise(mu, s, *, deterministic=False, seed=None, offset=0, backend="aut
     if k is reference:
         return reference.logit_noise(mu, s, seed=seed, offset=offset)
     scale = F.softplus(s).expand(mu.shape)
-    return k.dropgrad_update(mu, scale, None, -1.0, 0.0, MODES["normal"], seed, offset, state)
+    return _call(k, "dropgrad_update", (mu, scale), mu, scale, None, -1.0, 0.0, MODES["normal"], seed, offset, state)
 
 
 def philox4x32_10(counter, key, *, backend="auto"):
