@@ -40,6 +40,9 @@ def register(ns, qualname_prefix):
 
     @torch.library.register_fake(q("dropgrad_step"))
     def _(params, grads, lrs, lr, p, mode, seed, offset, rng_state=None):
+        # A meta tensor among CPU ones dispatches here, not to a kernel: refuse, as the kernels do.
+        if any(t.device != params[0].device for t in (*params, *grads)):
+            raise RuntimeError("params and grads must all be on one device")
         return [torch.empty_like(w, memory_format=torch.contiguous_format) for w in params]
 
     @torch.library.register_fake(q("meta_dropout"))

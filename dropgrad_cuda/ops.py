@@ -61,13 +61,16 @@ def _kernels(backend, device):
     return _triton_ops()
 
 
+def _any_requires_grad(inputs):
+    return any(t is not None and t.requires_grad for t in inputs)
+
+
 def _call(k, name, inputs, *args):
     """k.<name>.default(*args). When autograd has nothing to record (grad mode off, or no input
     that requires grad) the call skips the autograd layer, whose Python wrapper costs more than a
     small kernel (~30 us on a list of 18 tensors); under torch.compile the op is traced as is."""
     op = getattr(k, name).default
-    if torch.compiler.is_compiling() or (torch.is_grad_enabled() and any(t is not None and t.requires_grad
-                                                                           for t in inputs)):
+    if torch.compiler.is_compiling() or (torch.is_grad_enabled() and _any_requires_grad(inputs)):
         return op(*args)
     with torch._C._AutoDispatchBelowAutograd():
         return op(*args)
@@ -197,14 +200,11 @@ def dropgrad_step(params, grads, lr, p, mode="gaussian", *, seed=None, offset=0,
         raise ValueError(f"params and grads must have the same length, got {len(params)} and {len(grads)}")
     if not params:
         return []
-    device = params[0].device if isinstance(params[0], torch.Tensor) else None
-    for i, (w, g) in enumerate(zip(params, grads)):
-        # One cheap test a pair on the hot path (an inner loop calls this per step); the detailed
-        # checks below only run to name what is wrong.
-        if not (isinstance(w, torch.Tensor) and isinstance(g, torch.Tensor) and w.dtype in _FLOAT_DTYPES
-                and w.dtype == g.dtype and w.shape == g.shape and w.device == device and g.device == device):
-            _check_pair(w, g, f"params[{i}]", f"grads[{i}]")
-            raise ValueError(f"params[{i}] is on {w.device} but params[0] is on {device}")
+    if not isinstance(params[0], torch.Tensor):
+        _check_lists(params, grads)
+    k = _kernels(backend, params[0].device)
+    if k is not torch.ops.dropgrad:
+        _check_lists(params, grads)  # the C++ kernels check every pair themselves, at no Python cost
     if isinstance(lr, (list, tuple)):
         if len(lr) != len(params):
             raise ValueError(f"lr must have one entry per param ({len(params)}), got {len(lr)}")
@@ -218,13 +218,25 @@ def dropgrad_step(params, grads, lr, p, mode="gaussian", *, seed=None, offset=0,
             raise ValueError("a single lr tensor shared by all params must be 0-d; pass a list for per-param tensors")
         lrs = [] if lr_t is None else [lr_t] * len(params)
     p, m = _check_p(p), _check_mode(mode)
-    span = sum(w.numel() + 3 for w in params)
+    # The stream's span only matters for a nonzero offset's range and the CUDA generator's reservation.
+    span = sum(w.numel() + 3 for w in params) if offset or params[0].is_cuda else 0
     offset = _offset(offset, span)
-    k = _kernels(backend, params[0].device)
     seed, state = _rng(seed, params[0], span, k)
     if k is reference:
         return reference.dropgrad_step(params, grads, lrs or lr_f, p, mode, seed=seed, offset=offset)
-    return _call(k, "dropgrad_step", (*params, *grads, *lrs), params, grads, lrs, lr_f, p, m, seed, offset, state)
+    try:
+        return _call(k, "dropgrad_step", (*params, *grads, *lrs), params, grads, lrs, lr_f, p, m, seed, offset, state)
+    except (RuntimeError, TypeError):
+        _check_lists(params, grads)  # name the offending pair if the kernel objected to one
+        raise
+
+
+def _check_lists(params, grads):
+    device = params[0].device if isinstance(params[0], torch.Tensor) else None
+    for i, (w, g) in enumerate(zip(params, grads)):
+        _check_pair(w, g, f"params[{i}]", f"grads[{i}]")
+        if w.device != device:
+            raise ValueError(f"params[{i}] is on {w.device} but params[0] is on {device}")
 
 
 def meta_dropout(f, a, *, deterministic=False, seed=None, offset=0, backend="auto"):

@@ -37,6 +37,13 @@ G = torch.randn(4, 3)
     (lambda: dg.dropgrad_step([W], [G], [0.1], 0.1), TypeError, "a list lr must hold tensors"),
     (lambda: dg.dropgrad_step([W], [G], torch.ones(4, 3), 0.1), ValueError, "must be 0-d"),
     (lambda: dg.dropgrad_step([W], [G.half()], 0.1, 0.1), TypeError, r"grads\[0\] must have params\[0\]'s dtype"),
+    # The C++ step kernel checks the pairs itself; the error still names the pair.
+    (lambda: dg.dropgrad_step([W, W], [G, torch.randn(3, 4)], 0.1, 0.1), ValueError,
+     r"grads\[1\] must have params\[1\]'s shape"),
+    (lambda: dg.dropgrad_step([W], [torch.ones(4, 3, dtype=torch.int64)], 0.1, 0.1), TypeError, r"grads\[0\] must be"),
+    (lambda: dg.dropgrad_step([W], [torch.empty(4, 3, device="meta")], 0.1, 0.1), ValueError,
+     r"grads\[0\] is on meta but params\[0\] is on cpu"),
+    (lambda: dg.dropgrad_step([W, "w"], [G, G], 0.1, 0.1), TypeError, r"params\[1\] must be a torch.Tensor"),
     (lambda: dg.meta_dropout(W, torch.randn(4)), ValueError, "a must have f's shape"),
     (lambda: dg.meta_dropout(W, G, deterministic=1), TypeError, "deterministic must be a bool"),
     (lambda: dg.logit_noise(W, torch.randn(4, 2)), ValueError, "s of shape"),

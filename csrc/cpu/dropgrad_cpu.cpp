@@ -364,6 +364,7 @@ std::vector<at::Tensor> dropgrad_step_cpu(at::TensorList params, at::TensorList 
   int64_t stream = offset;
   for (size_t k = 0; k < nt; ++k) {
     check_floating(params[k], "params");
+    check_floating(grads[k], "grads");
     TORCH_CHECK(params[k].sizes() == grads[k].sizes() && params[k].scalar_type() == grads[k].scalar_type(),
                 "params[", k, "] and grads[", k, "] must have the same shape and dtype");
     const at::Tensor w = params[k].contiguous(), g = grads[k].contiguous();
