@@ -226,7 +226,7 @@ def dropgrad_step(params, grads, lr, p, mode="gaussian", *, seed=None, offset=0,
         return reference.dropgrad_step(params, grads, lrs or lr_f, p, mode, seed=seed, offset=offset)
     try:
         return _call(k, "dropgrad_step", (*params, *grads, *lrs), params, grads, lrs, lr_f, p, m, seed, offset, state)
-    except (RuntimeError, TypeError):
+    except (RuntimeError, TypeError, AttributeError):
         _check_lists(params, grads)  # name the offending pair if the kernel objected to one
         raise
 
