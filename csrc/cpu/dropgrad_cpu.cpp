@@ -224,11 +224,21 @@ void meta_dropout_backward_range(const scalar_t* gout, const scalar_t* f, const 
                                  scalar_t* __restrict ga, int64_t n, const float* eps) {
   using acc_t = at::opmath_type<scalar_t>;
   auto x = [](auto v) { return static_cast<acc_t>(v); };
-  // No lambda for the shared body: GCC would not inline it into the AVX2 clone.
-  for (int64_t i = 0; i < n; ++i) {
-    const acc_t z = eps ? x(a[i]) + x(eps[i]) : x(a[i]);
-    gf[i] = static_cast<scalar_t>(x(gout[i]) * dg::softplus(z));
-    ga[i] = static_cast<scalar_t>((x(gout[i]) * x(f[i])) * dg::softplus_grad(z));
+  // Two loops, not a test of eps per element, which kept GCC from vectorizing the deterministic
+  // case (2.5x slower than the noisy one); no lambda for the shared body, which GCC would not
+  // inline into the AVX2 clone.
+  if (eps) {
+    for (int64_t i = 0; i < n; ++i) {
+      const acc_t z = x(a[i]) + x(eps[i]);
+      gf[i] = static_cast<scalar_t>(x(gout[i]) * dg::softplus(z));
+      ga[i] = static_cast<scalar_t>((x(gout[i]) * x(f[i])) * dg::softplus_grad(z));
+    }
+  } else {
+    for (int64_t i = 0; i < n; ++i) {
+      const acc_t z = x(a[i]);
+      gf[i] = static_cast<scalar_t>(x(gout[i]) * dg::softplus(z));
+      ga[i] = static_cast<scalar_t>((x(gout[i]) * x(f[i])) * dg::softplus_grad(z));
+    }
   }
 }
 
