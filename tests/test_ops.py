@@ -149,3 +149,17 @@ def test_inputs_are_not_modified(backend):
     dg.drop_grad(g, 0.2, seed=1, backend=name)
     dg.meta_dropout(w, g, seed=1, backend=name)
     assert torch.equal(w, w0) and torch.equal(g, g0)
+
+
+def test_outputs_advised_for_huge_pages_are_exact():
+    # 1.2M float32 elements (4.8 MB): outputs this large take the CPU kernels' huge-page path.
+    w, g = make((1_200_000,), torch.float32, "cpu", 1), make((1_200_000,), torch.float32, "cpu", 2)
+    got = dg.dropgrad_step([w, g], [g, w], 0.01, 0.1, "gaussian", seed=3, backend="cpu")
+    want = R.dropgrad_step([w, g], [g, w], 0.01, 0.1, "gaussian", seed=3)
+    assert all(torch.equal(a, b) for a, b in zip(got, want))
+    f, a = make((1_200_000,), torch.float32, "cpu", 3), make((1_200_000,), torch.float32, "cpu", 4)
+    gf, ga = torch.ops.dropgrad.meta_dropout_backward(w, f, a, False, 5, 0)
+    z = a + R.noise(a.numel(), 0.0, "normal", seed=5)
+    tol = 4 * EPS[torch.float32]
+    torch.testing.assert_close(gf, w * torch.nn.functional.softplus(z), rtol=tol, atol=tol)
+    torch.testing.assert_close(ga, (w * f) * torch.sigmoid(z), rtol=tol, atol=tol)
