@@ -48,6 +48,25 @@ def time_meta_iterations(rounds=3):
     return {k: (statistics.median(whole[k]), statistics.median(inner[k])) for k in VARIANTS}
 
 
+def fused_dropgrad_share():
+    """(seconds in the fused DropGrad ops, seconds of the whole meta-iteration) for one profiled
+    meta-iteration: the step's forward calls plus every evaluation of its backward nodes (first
+    and second order), from torch.profiler. Events are summed without removing nesting, so this
+    is an upper bound on the regularizer's cost that run-to-run drift of the whole cannot hide."""
+    from torch.profiler import ProfilerActivity, profile
+
+    torch.set_num_threads(2)
+    params, tasks = _params(), few_shot_tasks()
+    meta_iteration(fused_step, params, tasks)
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        t0 = time.perf_counter()
+        meta_iteration(fused_step, params, tasks)
+        whole = time.perf_counter() - t0
+    inside = sum(e.cpu_time_total for e in prof.key_averages()
+                 if e.key == "dropgrad::dropgrad_step" or ("dropgrad" in e.key and "Backward" in e.key))
+    return inside / 1e6, whole
+
+
 def saved_bytes_per_inner_step():
     """(all bytes, bytes that are not the update's inputs) saved for backward by one inner update
     of the Conv-4 list under create_graph, i.e. what second-order MAML keeps per inner step."""
