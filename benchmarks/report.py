@@ -103,7 +103,7 @@ def main(argv=None):
     report = {"machine": data["machine_info"].get("cpu", {}).get("brand_raw", "?"), "ops": [
         {"op": op, "size": size, "dtype": dtype, **{f"{k}_ms": v for k, v in r.items()}}
         for (op, size, dtype), r in rows.items()]}
-    md = [f"Medians of 7 rounds (15 from 1M elements), 2 threads, on {report['machine']}; every ratio from this one run.\n",
+    md = [f"Medians of 7 rounds (15 after 6 warm-up rounds from 1M elements), 2 threads, on {report['machine']}; every ratio from this one run.\n",
           speed_table(rows)]
 
     if not args.no_e2e:
