@@ -26,6 +26,11 @@ def register(ns, qualname_prefix):
     def _(counter, key):
         return torch.empty_like(counter)
 
+    if qualname_prefix == "dropgrad":  # the CUDA generator's state: [seed, offset] on the device
+        @torch.library.register_fake(q("cuda_rng_state"))
+        def _(like, numel):
+            return torch.empty(2, dtype=torch.int64, device=like.device)
+
     @torch.library.register_fake(q("noise"))
     def _(like, p, mode, seed, offset, rng_state=None):
         return torch.empty(like.shape, dtype=torch.float32, device=like.device)

@@ -20,8 +20,12 @@ _SEED_MOD = 1 << 64
 _autograd.register(torch.ops.dropgrad, "dropgrad")
 
 
+# Read once: a constant is what torch.compile can trace through (the dispatcher query is not).
+_CUDA_KERNELS = torch._C._dispatch_has_kernel_for_dispatch_key("dropgrad::drop_grad", "CUDA")
+
+
 def cuda_kernels_built():
-    return torch._C._dispatch_has_kernel_for_dispatch_key("dropgrad::drop_grad", "CUDA")
+    return _CUDA_KERNELS
 
 
 def _triton_ops():

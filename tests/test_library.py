@@ -68,6 +68,25 @@ def test_compile_fullgraph_first_order():
     assert torch.equal(out2, want)
 
 
+def test_cuda_rng_state_has_a_fake_implementation():
+    from torch._subclasses.fake_tensor import FakeTensorMode
+    with FakeTensorMode():
+        state = torch.ops.dropgrad.cuda_rng_state(torch.empty(5), 5)
+    assert state.shape == (2,) and state.dtype == torch.int64
+
+
+@pytest.mark.skipif(not (torch.cuda.is_available() and dg.cuda_kernels_built()),
+                    reason="needs a CUDA GPU and the CUDA kernels")
+def test_compile_with_seed_none_on_cuda_draws_fresh_noise():
+    g = torch.randn(1000, device="cuda")
+    fn = torch.compile(lambda g: dg.drop_grad(g, 0.2), fullgraph=True)
+    torch.cuda.manual_seed(0)
+    a, b = fn(g), fn(g)
+    assert not torch.equal(a, b)
+    torch.cuda.manual_seed(0)
+    assert torch.equal(fn(g), a)
+
+
 @pytest.mark.parametrize("arch", [80, 90])
 def test_triton_kernels_compile_ahead_of_time_without_spills(arch):
     """Every Triton kernel and configuration the host launches, compiled for sm_80/sm_90 with no GPU."""
