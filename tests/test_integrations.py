@@ -258,5 +258,9 @@ def test_integrations_reject_mismatched_inputs():
         func.inner_step(params, dict(params), {"conv.weight": 0.1}, 0.1)
     with pytest.raises(ValueError, match="indexable by step"):
         func.inner_step(params, dict(params), {n: 0.1 for n in params}, 0.1, step=0)
+    with pytest.raises(ValueError, match="p must be in"):
+        DropGradSGD(model.parameters(), lr=0.1, p=1.0)
+    with pytest.raises(ValueError, match="mode must be"):
+        DropGradSGD(model.parameters(), lr=0.1, mode="dropout")
     with pytest.raises(TypeError, match="params must be a dict"):
         func.inner_step(list(params.values()), dict(params), 0.1, 0.1)

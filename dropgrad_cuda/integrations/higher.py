@@ -5,6 +5,7 @@ Needs ``higher`` (pip install higher); nothing else in dropgrad_cuda imports it.
 import higher
 import torch
 
+from .. import ops
 from . import _common
 
 
@@ -24,6 +25,7 @@ class DropGradSGD(torch.optim.SGD):
 
     def __init__(self, params, lr, p=0.1, mode="gaussian", *, weight_decay=0.0, seed=None, training=True,
                  backend="auto"):
+        ops._check_p(p), ops._check_mode(mode)  # a bad rate or mode fails here, not at the first step
         super().__init__(params, lr=lr, weight_decay=weight_decay)
         extra = dict(p=p, mode=mode, seed=seed, training=training, backend=backend)
         self.defaults.update(extra)  # for groups added later by add_param_group
