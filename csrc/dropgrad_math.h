@@ -220,11 +220,18 @@ DG_HD T softplus(T z) {
   return z > T(20) ? z : log1p(exp(z));
 }
 
+// softplus<float> in two steps, so CPU loops can run them as separate passes: one loop with both
+// polynomials outgrows AVX2's 16 registers and runs 2x slower (measured). Same operations.
+DG_HD float softplus_exp(float z) { return exp_f(z < 0.0f ? z : -z); }
+
+DG_HD float softplus_from_exp(float z, float e) {
+  const float r = (z > 0.0f ? z : 0.0f) + log1p_f(e);
+  return z > 20.0f ? z : r;
+}
+
 template <>
 DG_HD float softplus<float>(float z) {
-  const float az = z < 0.0f ? -z : z;
-  const float r = (z > 0.0f ? z : 0.0f) + log1p_f(exp_f(-az));
-  return z > 20.0f ? z : r;
+  return softplus_from_exp(z, softplus_exp(z));
 }
 
 template <typename T>
