@@ -109,14 +109,21 @@ DG_HD void sincos_f(float t, float* s, float* c) {
   *c = ((q + 1) & 2) ? -cv : cv;
 }
 
-// Box-Muller on one word pair: the even element gets r*cos, the odd one r*sin.
-DG_HD void box_muller(uint32_t w_even, uint32_t w_odd, float* z_even, float* z_odd) {
+// Box-Muller's radius (from the even word) and angle (from the odd one): separate functions so the
+// CPU kernels can run them as separate passes, which keeps each loop within AVX2's registers.
+DG_HD float box_muller_radius(uint32_t w_even) {
   float u1 = uniform(w_even);
   u1 = u1 < 1e-7f ? 1e-7f : u1;
-  const float th = static_cast<float>(6.283185307179586) * uniform(w_odd);
-  const float r = sqrtf(log_f(u1) * -2.0f);
+  return sqrtf(log_f(u1) * -2.0f);
+}
+
+DG_HD float box_muller_angle(uint32_t w_odd) { return static_cast<float>(6.283185307179586) * uniform(w_odd); }
+
+// Box-Muller on one word pair: the even element gets r*cos, the odd one r*sin.
+DG_HD void box_muller(uint32_t w_even, uint32_t w_odd, float* z_even, float* z_odd) {
+  const float r = box_muller_radius(w_even);
   float s, c;
-  sincos_f(th, &s, &c);
+  sincos_f(box_muller_angle(w_odd), &s, &c);
   *z_even = r * c;
   *z_odd = r * s;
 }

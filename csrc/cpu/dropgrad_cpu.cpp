@@ -135,8 +135,18 @@ void noise_block(const dg::NoiseParams& np, uint64_t q0, int64_t count, uint32_t
       for (int64_t j = 0; j < count; ++j) z[i][j] = dg::bernoulli(p, scale, w[i][j]);
     }
   } else {
+    // Box-Muller in three passes (radius, angle, rotation): in one loop the log and sin/cos
+    // polynomials outgrow AVX2's registers.
     for (int i = 0; i < 4; i += 2) {
-      for (int64_t j = 0; j < count; ++j) dg::box_muller(w[i][j], w[i + 1][j], &z[i][j], &z[i + 1][j]);
+      for (int64_t j = 0; j < count; ++j) z[i][j] = dg::box_muller_radius(w[i][j]);
+      for (int64_t j = 0; j < count; ++j) z[i + 1][j] = dg::box_muller_angle(w[i + 1][j]);
+      for (int64_t j = 0; j < count; ++j) {
+        float s, c;
+        dg::sincos_f(z[i + 1][j], &s, &c);
+        const float r = z[i][j];
+        z[i][j] = r * c;
+        z[i + 1][j] = r * s;
+      }
     }
     if (np.mode == dg::kGaussian) {
       for (int i = 0; i < 4; ++i) {
