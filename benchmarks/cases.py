@@ -1,8 +1,6 @@
 """What the benchmarks time. Each op as the fused kernel, the eager form of the published code,
 torch.compile of that eager form and, for the updates, the floor: a plain torch.add (a
-torch._foreach_add for lists), which moves the same bytes with no noise, and "floor_alloc", the
-same torch.add into an output allocated as the fused kernels allocate theirs (huge pages from
-4 MiB), so fused/floor_alloc is what the noise itself costs.
+torch._foreach_add for lists), which moves the same bytes with no noise.
 
 DROPGRAD_BENCH_FULL=1 (the report's --full) adds 4K, 1M and 64M elements and bfloat16."""
 import os
@@ -11,7 +9,7 @@ import torch
 import torch.nn.functional as F
 
 import dropgrad_cuda as dg
-from benchmarks.models import P, SIGMA, conv4_shapes, empty_like_fused_output, published_dropgrad_step, resnet18_shapes, tensors
+from benchmarks.models import P, SIGMA, conv4_shapes, published_dropgrad_step, resnet18_shapes, tensors
 
 FULL = os.environ.get("DROPGRAD_BENCH_FULL") == "1"
 LR = 0.01
@@ -84,8 +82,7 @@ def cases():
                 return {"fused": lambda: dg.dropgrad_update(w, g, LR, P, mode),
                         "eager": lambda: eager_update(w, g, mode),
                         "compile": lambda: compiled(eager_update)(w, g, mode),
-                        "floor": lambda: torch.add(w, g, alpha=-LR),
-                        "floor_alloc": lambda: torch.add(w, g, alpha=-LR, out=empty_like_fused_output(w))}[impl]
+                        "floor": lambda: torch.add(w, g, alpha=-LR)}[impl]
 
             def drop(impl, mode=mode, n=n, dtype=dtype):
                 (g,) = _flat(n, 1, dtype)
@@ -93,7 +90,7 @@ def cases():
                         "compile": lambda: compiled(eager_drop_grad)(g, mode)}[impl]
 
             out += [Case(f"dropgrad_update/{mode}", size, i, dtype, lambda i=i, u=upd: u(i))
-                    for i in ("fused", "eager", "compile", "floor", "floor_alloc")]
+                    for i in ("fused", "eager", "compile", "floor")]
             out += [Case(f"drop_grad/{mode}", size, i, dtype, lambda i=i, d=drop: d(i)) for i in ("fused", "eager", "compile")]
     for (size, n), dtype in ((s, d) for s in MD_SIZES.items() for d in DTYPES):
         for impl, fn in (("fused", fused_meta_dropout), ("eager", eager_meta_dropout)):

@@ -1,6 +1,4 @@
 """Parameter lists and the second-order MAML meta-iteration the benchmarks use."""
-import ctypes
-
 import torch
 import torch.nn.functional as F
 
@@ -43,30 +41,6 @@ def conv4_forward(params, x):
 
 
 P, SIGMA = 0.1, (0.1 / 0.9) ** 0.5
-
-
-def _madvise():
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
-        return libc.madvise
-    except (OSError, AttributeError):
-        return None
-
-
-_MADVISE = _madvise()
-
-
-def empty_like_fused_output(t):
-    """A fresh output allocated as the CPU kernels allocate theirs (csrc/cpu: empty_output): 4 MiB
-    or more advised for transparent huge pages. The floor written into it moves the same bytes as
-    the fused op under the same page-fault cost, which isolates what the noise costs."""
-    out = torch.empty_like(t)
-    huge, nbytes, ptr = 2 << 20, out.numel() * out.element_size(), out.data_ptr()
-    a, e = (ptr + huge - 1) & ~(huge - 1), (ptr + nbytes) & ~(huge - 1)
-    if _MADVISE is not None and out.device.type == "cpu" and nbytes >= 2 * huge and e > a:
-        _MADVISE(a, e - a, 14)  # MADV_HUGEPAGE
-    return out
 
 
 def published_dropgrad_step(params, grads, lr):
