@@ -65,16 +65,13 @@ def _kernels(backend, device):
     return _triton_ops()
 
 
-def _any_requires_grad(inputs):
-    return any(t is not None and t.requires_grad for t in inputs)
-
-
 def _call(k, name, inputs, *args):
     """k.<name>.default(*args). When autograd has nothing to record (grad mode off, or no input
     that requires grad) the call skips the autograd layer, whose Python wrapper costs more than a
     small kernel (~30 us on a list of 18 tensors); under torch.compile the op is traced as is."""
     op = getattr(k, name).default
-    if torch.compiler.is_compiling() or (torch.is_grad_enabled() and _any_requires_grad(inputs)):
+    if torch.compiler.is_compiling() or (torch.is_grad_enabled() and any(t is not None and t.requires_grad
+                                                                           for t in inputs)):
         return op(*args)
     with torch._C._AutoDispatchBelowAutograd():
         return op(*args)

@@ -4,11 +4,6 @@ import torch
 from .. import ops
 
 
-def noise_mode(p, mode, training):
-    """The published DropGrad code only perturbs gradients while training."""
-    return (p, mode) if training else (0.0, "none")
-
-
 def step(params, grads, lr, p, mode, *, seed=None, first_order=False, training=True, backend="auto"):
     """New tensors for `params`: one dropgrad_step over those whose grad is not None (the others are
     returned unchanged, like the libraries' `if g is None: continue`).
@@ -28,9 +23,10 @@ def step(params, grads, lr, p, mode, *, seed=None, first_order=False, training=T
     gs = [grads[i].detach() if first_order else grads[i] for i in live]
     if lrs is not None:
         # Per-param floats become float64 0-d tensors (exact) so one call takes them all.
-        lr = [l if isinstance(l, torch.Tensor) else torch.tensor(l, dtype=torch.float64, device=params[i].device)
-              for i, l in ((i, lrs[i]) for i in live)]
-    p, mode = noise_mode(p, mode, training)
+        lr = [lrs[i] if isinstance(lrs[i], torch.Tensor)
+              else torch.tensor(lrs[i], dtype=torch.float64, device=params[i].device) for i in live]
+    if not training:  # the published DropGrad code only perturbs gradients while training
+        p, mode = 0.0, "none"
     new = ops.dropgrad_step([params[i] for i in live], gs, lr, p, mode, seed=seed, backend=backend)
     for i, w in zip(live, new):
         out[i] = w

@@ -9,12 +9,12 @@ from .. import ops
 from . import _common
 
 
-def _group_step(group, params, grads, training):
+def _group_step(group, params, grads):
     wd = group["weight_decay"]
     if wd:
         grads = [None if g is None else g + wd * w for w, g in zip(params, grads)]
     return _common.step(params, grads, group["lr"], group["p"], group["mode"], seed=group["seed"],
-                        training=training, backend=group["backend"])
+                        training=group["training"], backend=group["backend"])
 
 
 class DropGradSGD(torch.optim.SGD):
@@ -41,7 +41,7 @@ class DropGradSGD(torch.optim.SGD):
                 loss = closure()
         for group in self.param_groups:
             params = group["params"]
-            new = _group_step(group, params, [w.grad for w in params], group["training"])
+            new = _group_step(group, params, [w.grad for w in params])
             for w, n in zip(params, new):
                 if n is not w:
                     w.copy_(n)
@@ -54,7 +54,7 @@ class DifferentiableDropGradSGD(higher.optim.DifferentiableOptimizer):
 
     def _update(self, grouped_grads, **kwargs):
         for group, grads in zip(self.param_groups, grouped_grads):
-            group["params"][:] = _group_step(group, group["params"], grads, group["training"])
+            group["params"][:] = _group_step(group, group["params"], grads)
 
 
 higher.register_optim(DropGradSGD, DifferentiableDropGradSGD)

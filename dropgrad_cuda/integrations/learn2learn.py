@@ -18,10 +18,7 @@ def _replace(module, new_of):
 
 
 def _update(model, lr, grads, p, mode, seed, training, backend):
-    params = list(model.parameters())  # shared parameters appear once
-    grads = list(grads)
-    if len(grads) != len(params):
-        raise ValueError(f"grads must have one entry per parameter of model ({len(params)}), got {len(grads)}")
+    params = list(model.parameters())  # shared parameters appear once; _common.step checks grads' length
     training = model.training if training is None else training
     new = _common.step(params, grads, lr, p, mode, seed=seed, training=training, backend=backend)
     _replace(model, {id(w): n for w, n in zip(params, new) if n is not w})
