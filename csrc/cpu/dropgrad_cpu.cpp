@@ -11,7 +11,7 @@
 #include <algorithm>
 #include <cstdint>
 #include <cstdlib>
-#include <string>
+#include <cstring>
 #include <type_traits>
 #include <vector>
 
@@ -34,7 +34,10 @@ using OptTensor = c10::optional<at::Tensor>;
 // Only the 2 MiB-aligned interior is advised; the advice is a hint, so failure is harmless.
 at::Tensor empty_output(at::IntArrayRef sizes, const at::TensorOptions& options) {
   constexpr uintptr_t kHuge = uintptr_t(2) << 20;
-  static const bool on = std::getenv("DROPGRAD_THP") != nullptr && std::string(std::getenv("DROPGRAD_THP")) == "1";
+  static const bool on = [] {
+    const char* v = std::getenv("DROPGRAD_THP");
+    return v != nullptr && std::strcmp(v, "1") == 0;
+  }();
   at::Tensor t = at::empty(sizes, options.memory_format(at::MemoryFormat::Contiguous));
   const uintptr_t p = reinterpret_cast<uintptr_t>(t.data_ptr());
   const uintptr_t a = (p + kHuge - 1) & ~(kHuge - 1), e = (p + t.nbytes()) & ~(kHuge - 1);
