@@ -248,10 +248,16 @@ DG_HD T softplus_grad(T z) {
   return z > T(20) ? T(1) : T(1) / (T(1) + exp(-z));
 }
 
+// sigmoid(z) from e = exp(-|z|), the exponential softplus already needs: e / (1 + e) below 0 (as
+// PyTorch's softplus_backward computes it), 1 / (1 + e) above.
+DG_HD float softplus_grad_from_exp(float z, float e) {
+  const float r = (z < 0.0f ? e : 1.0f) / (1.0f + e);
+  return z > 20.0f ? 1.0f : r;
+}
+
 template <>
 DG_HD float softplus_grad<float>(float z) {
-  const float r = 1.0f / (1.0f + exp_f(-z));
-  return z > 20.0f ? 1.0f : r;
+  return softplus_grad_from_exp(z, softplus_exp(z));
 }
 
 }  // namespace dg

@@ -138,8 +138,9 @@ def softplus(z):
 def softplus_grad(z):
     if z.dtype == tl.float64:
         r = 1.0 / (1.0 + tl.exp(-z))
-    else:
-        r = tl.div_rn(1.0, 1.0 + exp_f(-z))
+    else:  # sigmoid from e = exp(-|z|), as csrc/dropgrad_math.h:softplus_grad_from_exp
+        e = exp_f(-tl.abs(z))
+        r = tl.div_rn(tl.where(z < 0.0, e, 1.0), 1.0 + e)
     return tl.where(z > 20.0, 1.0, r)
 
 

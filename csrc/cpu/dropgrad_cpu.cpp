@@ -86,7 +86,7 @@ __attribute__((target("avx2")))
 void philox_block(uint64_t q0, int64_t count, uint32_t k0, uint32_t k1, uint32_t (*w)[kBlock / 4]) {
   const __m256i ma = _mm256_set1_epi32(static_cast<int>(0xD2511F53u));
   const __m256i mb = _mm256_set1_epi32(static_cast<int>(0xCD9E8D57u));
-  constexpr int kChains = 2;  // independent groups of eight in flight, to hide the multiply latency
+  constexpr int kChains = 4;  // independent groups of eight in flight, to hide the multiply latency (4: -20%)
   for (int64_t j = 0; j < count; j += 8 * kChains) {
     alignas(32) uint32_t lo[8 * kChains], hi[8 * kChains];
     for (int l = 0; l < 8 * kChains; ++l) {
@@ -94,14 +94,23 @@ void philox_block(uint64_t q0, int64_t count, uint32_t k0, uint32_t k1, uint32_t
       lo[l] = static_cast<uint32_t>(q);
       hi[l] = static_cast<uint32_t>(q >> 32);
     }
-    __m256i c0[kChains], c1[kChains], c2[kChains], c3[kChains];
+    __m256i c0[kChains], c1[kChains], c2[kChains], c3[kChains];  // c2, c3 set by round 1
     for (int h = 0; h < kChains; ++h) {
       c0[h] = _mm256_load_si256(reinterpret_cast<const __m256i*>(lo + 8 * h));
       c1[h] = _mm256_load_si256(reinterpret_cast<const __m256i*>(hi + 8 * h));
-      c2[h] = c3[h] = _mm256_setzero_si256();
     }
-    uint32_t a = k0, b = k1;
-    for (int r = 0; r < 10; ++r) {
+    // Round 1 peeled: the contract's counter words 2 and 3 are 0, so one of its products is 0.
+    const __m256i ka0 = _mm256_set1_epi32(static_cast<int>(k0)), kb0 = _mm256_set1_epi32(static_cast<int>(k1));
+    for (int h = 0; h < kChains; ++h) {
+      __m256i ha, la;
+      mulhilo8(c0[h], ma, ha, la);
+      c0[h] = _mm256_xor_si256(c1[h], ka0);
+      c2[h] = _mm256_xor_si256(ha, kb0);
+      c1[h] = _mm256_setzero_si256();
+      c3[h] = la;
+    }
+    uint32_t a = k0 + 0x9E3779B9u, b = k1 + 0xBB67AE85u;
+    for (int r = 1; r < 10; ++r) {
       const __m256i ka = _mm256_set1_epi32(static_cast<int>(a)), kb = _mm256_set1_epi32(static_cast<int>(b));
       for (int h = 0; h < kChains; ++h) {
         __m256i hb, lb, ha, la;
@@ -244,6 +253,15 @@ __attribute__((always_inline)) inline acc_t softplus_of(acc_t z, acc_t e) {
   }
 }
 
+template <typename acc_t>
+__attribute__((always_inline)) inline acc_t softplus_grad_of(acc_t z, acc_t e) {
+  if constexpr (std::is_same<acc_t, float>::value) {
+    return dg::softplus_grad_from_exp(z, e);
+  } else {
+    return dg::softplus_grad(z);
+  }
+}
+
 // f * softplus(a + eps); eps nullptr when deterministic.
 template <typename scalar_t>
 __attribute__((target_clones("avx2", "default")))
@@ -264,7 +282,7 @@ void meta_dropout_backward_range(const scalar_t* gout, const scalar_t* f, const 
   alignas(32) acc_t z[kBlock], e[kBlock];
   softplus_passes(a, eps, n, z, e);
   for (int64_t i = 0; i < n; ++i) gf[i] = static_cast<scalar_t>(x(gout[i]) * softplus_of(z[i], e[i]));
-  for (int64_t i = 0; i < n; ++i) ga[i] = static_cast<scalar_t>((x(gout[i]) * x(f[i])) * dg::softplus_grad(z[i]));
+  for (int64_t i = 0; i < n; ++i) ga[i] = static_cast<scalar_t>((x(gout[i]) * x(f[i])) * softplus_grad_of(z[i], e[i]));
 }
 
 void check_floating(const at::Tensor& t, const char* name) {
