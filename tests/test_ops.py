@@ -177,3 +177,21 @@ def test_large_outputs_are_exact_with_and_without_huge_pages(thp):
     env = dict(__import__("os").environ, DROPGRAD_THP=thp)
     run = subprocess.run([sys.executable, "-c", _HUGE_PAGE_CHECK], env=env, capture_output=True, text=True, timeout=300)
     assert run.returncode == 0 and run.stdout.strip() == "ok", run.stderr[-2000:]
+
+
+def _available_gib():
+    with open("/proc/meminfo") as fh:
+        return next(int(line.split()[1]) for line in fh if line.startswith("MemAvailable")) / 2**20
+
+
+@pytest.mark.skipif(not __import__("os").path.exists("/proc/meminfo") or _available_gib() < 12,
+                    reason="needs 12 GiB of free memory for two 4.3 GB tensors")
+def test_cpu_kernels_index_past_2_31_elements():
+    # 2^31 + 1000 bfloat16 elements (4.3 GB a tensor): element i's noise must come from stream
+    # position i past the 32-bit range, as the reference computes it for each slice by its offset.
+    n = 2**31 + 1000
+    out = dg.drop_grad(torch.ones(n, dtype=torch.bfloat16), 0.1, "gaussian", seed=5, backend="cpu")
+    for start, stop in ((0, 1024), (2**31 - 512, 2**31 + 512), (n - 997, n)):
+        offset = start // 4 * 4
+        want = R.drop_grad(torch.ones(stop - offset, dtype=torch.bfloat16), 0.1, "gaussian", seed=5, offset=offset)
+        assert torch.equal(out[start:stop], want[start - offset:])
