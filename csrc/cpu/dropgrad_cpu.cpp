@@ -244,21 +244,14 @@ __attribute__((always_inline)) inline void softplus_passes(const scalar_t* a, co
   }
 }
 
-template <typename acc_t>
-__attribute__((always_inline)) inline acc_t softplus_of(acc_t z, acc_t e) {
+// softplus(z), or with Grad its derivative, from *e = exp(-|z|) in float math; double math calls
+// the plain functions and never reads *e (softplus_passes leaves it unset).
+template <bool Grad, typename acc_t>
+__attribute__((always_inline)) inline acc_t softplus_of(acc_t z, const acc_t* e) {
   if constexpr (std::is_same<acc_t, float>::value) {
-    return dg::softplus_from_exp(z, e);
+    return Grad ? dg::softplus_grad_from_exp(z, *e) : dg::softplus_from_exp(z, *e);
   } else {
-    return dg::softplus(z);
-  }
-}
-
-template <typename acc_t>
-__attribute__((always_inline)) inline acc_t softplus_grad_of(acc_t z, acc_t e) {
-  if constexpr (std::is_same<acc_t, float>::value) {
-    return dg::softplus_grad_from_exp(z, e);
-  } else {
-    return dg::softplus_grad(z);
+    return Grad ? dg::softplus_grad(z) : dg::softplus(z);
   }
 }
 
@@ -269,7 +262,7 @@ void meta_dropout_range(const scalar_t* f, const scalar_t* a, scalar_t* __restri
   using acc_t = at::opmath_type<scalar_t>;
   alignas(32) acc_t z[kBlock], e[kBlock];
   softplus_passes(a, eps, n, z, e);
-  for (int64_t i = 0; i < n; ++i) out[i] = static_cast<scalar_t>(static_cast<acc_t>(f[i]) * softplus_of(z[i], e[i]));
+  for (int64_t i = 0; i < n; ++i) out[i] = static_cast<scalar_t>(static_cast<acc_t>(f[i]) * softplus_of<false>(z[i], e + i));
 }
 
 // (grad_out * softplus(z), grad_out * f * softplus'(z)), z = a + eps.
@@ -281,8 +274,8 @@ void meta_dropout_backward_range(const scalar_t* gout, const scalar_t* f, const 
   auto x = [](auto v) { return static_cast<acc_t>(v); };
   alignas(32) acc_t z[kBlock], e[kBlock];
   softplus_passes(a, eps, n, z, e);
-  for (int64_t i = 0; i < n; ++i) gf[i] = static_cast<scalar_t>(x(gout[i]) * softplus_of(z[i], e[i]));
-  for (int64_t i = 0; i < n; ++i) ga[i] = static_cast<scalar_t>((x(gout[i]) * x(f[i])) * softplus_grad_of(z[i], e[i]));
+  for (int64_t i = 0; i < n; ++i) gf[i] = static_cast<scalar_t>(x(gout[i]) * softplus_of<false>(z[i], e + i));
+  for (int64_t i = 0; i < n; ++i) ga[i] = static_cast<scalar_t>((x(gout[i]) * x(f[i])) * softplus_of<true>(z[i], e + i));
 }
 
 void check_floating(const at::Tensor& t, const char* name) {
