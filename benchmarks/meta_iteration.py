@@ -8,6 +8,7 @@ import time
 
 import torch
 from torch.autograd.graph import saved_tensors_hooks
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from benchmarks.models import conv4_forward, conv4_shapes, few_shot_tasks, fused_step, meta_iteration, plain_step, \
     published_dropgrad_step, tensors
@@ -86,14 +87,41 @@ def saved_bytes_per_inner_step():
     return out
 
 
-def peak_rss_mb(variant):
-    """Peak resident memory of a fresh process that runs one meta-iteration of `variant`."""
-    code = ("import resource, torch; from benchmarks.meta_iteration import VARIANTS, _params; "
-            "from benchmarks.models import few_shot_tasks, meta_iteration; torch.set_num_threads(2); "
-            f"meta_iteration(VARIANTS[{variant!r}], _params(), few_shot_tasks()); "
-            "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)")
+class _HeapPeak(TorchDispatchMode):
+    """Peak bytes in use in glibc's heap (mallinfo2: every arena plus mmapped chunks, so tensors
+    and everything else) after each op, above the level when the mode was entered."""
+
+    def __enter__(self):
+        import ctypes
+
+        class MallInfo2(ctypes.Structure):
+            _fields_ = [(f, ctypes.c_size_t) for f in ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks",
+                                                       "fsmblks", "uordblks", "fordblks", "keepcost")]
+        mallinfo2 = ctypes.CDLL(None).mallinfo2
+        mallinfo2.restype = MallInfo2
+        self.in_use = lambda: (lambda m: m.uordblks + m.hblkhd)(mallinfo2())
+        self.base = self.peak = self.in_use()
+        return super().__enter__()
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        self.peak = max(self.peak, self.in_use())
+        return out
+
+
+def peak_heap_mb(variant):
+    """Peak heap memory of one meta-iteration of `variant` above what was allocated before it
+    (parameters and tasks), in a fresh process, sampled after every op of forward and backward."""
+    code = ("import torch\n"
+            "from benchmarks.meta_iteration import VARIANTS, _HeapPeak, _params\n"
+            "from benchmarks.models import few_shot_tasks, meta_iteration\n"
+            "torch.set_num_threads(2)\n"
+            "params, tasks = _params(), few_shot_tasks()\n"
+            "with _HeapPeak() as m:\n"
+            f"    meta_iteration(VARIANTS[{variant!r}], params, tasks)\n"
+            "print(m.peak - m.base)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
-    return int(out.split()[-1]) / 1024
+    return int(out.split()[-1]) / 2**20
 
 
 def memory_bandwidth_gbs(n=64_000_000):
@@ -112,7 +140,7 @@ def memory_bandwidth_gbs(n=64_000_000):
 def main():
     print("meta-iteration seconds:", time_meta_iterations())
     print("saved bytes per inner step:", saved_bytes_per_inner_step())
-    print("peak RSS MB:", {v: peak_rss_mb(v) for v in VARIANTS})
+    print("peak heap MB:", {v: peak_heap_mb(v) for v in VARIANTS})
     print("bandwidth GB/s:", memory_bandwidth_gbs())
 
 
