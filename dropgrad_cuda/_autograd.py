@@ -1,4 +1,5 @@
-"""Autograd and fake (meta) implementations of the ops, written once for any namespace of kernels.
+"""Autograd, fake (meta) implementations and batching rules of the ops, written once for any
+namespace of kernels.
 
 `register(ns)` takes a torch.ops namespace whose ops follow the schemas of csrc/ops.cpp
 (torch.ops.dropgrad for the C++ CPU/CUDA kernels, torch.ops.dropgrad_triton for Triton) and
@@ -7,14 +8,92 @@ from (seed, offset) instead of saving it, and each backward is itself differenti
 """
 import torch
 import torch.nn.functional as F
+from torch._functorch.utils import enable_single_level_autograd_function
+from torch.autograd.function import _SingleLevelFunction
 
+from . import _batching
 from .reference import MODES, stream_offsets
 
 NORMAL = MODES["normal"]
+_LIBS = {}  # the IMPL libraries that hold the Autograd kernels, kept alive
 
 
 def _reduce_like(g, like):
     return g.sum().reshape(like.shape).to(like.dtype) if g.shape != like.shape else g.to(like.dtype)
+
+
+def _flatten(args):
+    """Positional arguments with list arguments spread out, and the lengths to regroup them."""
+    flat, spec = [], []
+    for a in args:
+        if isinstance(a, (list, tuple)):
+            flat.extend(a)
+            spec.append(len(a))
+        else:
+            flat.append(a)
+            spec.append(None)
+    return flat, spec
+
+
+def _regroup(flat, spec):
+    out, i = [], 0
+    for n in spec:
+        out.append(flat[i] if n is None else list(flat[i:i + n]))
+        i += 1 if n is None else n
+    return out
+
+
+def register_autograd(op, backward, setup_context):
+    """torch.library.register_autograd(op, backward, setup_context=...) with the graph node a
+    _SingleLevelFunction: torch.func's grad, vjp and jacrev accept that one, whereas the
+    autograd.Function that torch <= 2.14 generates has no setup_context staticmethod and is
+    refused under every transform (pytorch/pytorch#170834; PyTorch's own fix takes this route).
+    List arguments and outputs are spread into the node's inputs and outputs."""
+
+    class Node(_SingleLevelFunction):
+        @staticmethod
+        def forward(ctx, keyset, spec, *flat):
+            args = _regroup(flat, spec)
+            # apply() runs forward with grad mode off; under torch.func the outer grad levels are
+            # dispatched from here and must record (this node is only built with grad mode on).
+            with (torch.enable_grad() if torch._C._are_functorch_transforms_active()
+                  else torch._C._AutoDispatchBelowAutograd()):
+                out = op.redispatch(keyset & torch._C._after_autograd_keyset, *args)
+            setup_context(ctx, args, out)
+            ctx.spec, ctx.list_out, ctx.vmap_levels = spec, isinstance(out, list), _batching.vmap_levels()
+            return tuple(out) if ctx.list_out else out
+
+        @staticmethod
+        def backward(ctx, *gouts):
+            before = ctx.needs_input_grad  # restored: a retained graph runs this backward again
+            ctx.needs_input_grad = tuple(any(n) if isinstance(n, list) else n
+                                         for n in _regroup(before[2:], ctx.spec))
+            try:
+                with _batching.regenerating(ctx.vmap_levels):
+                    grads = backward(ctx, list(gouts)) if ctx.list_out else backward(ctx, *gouts)
+            finally:
+                ctx.needs_input_grad = before
+            flat = []
+            for g, n in zip(grads, ctx.spec):
+                flat.extend([g] if n is None else (g if g else [None] * n))
+            return (None, None, *flat)
+
+    list_out = str(op._schema.returns[0].type) == "List[Tensor]"
+    defaults = [a.default_value for a in op._schema.arguments]
+
+    def kernel(keyset, *args):
+        if torch.is_grad_enabled() and torch._C._any_requires_grad(*args):
+            # The dispatcher drops trailing arguments equal to their defaults; setup_context wants all.
+            flat, spec = _flatten((*args, *defaults[len(args):]))
+            with enable_single_level_autograd_function():
+                out = Node.apply(keyset, spec, *flat)
+            return list(out) if list_out else out
+        with torch._C._AutoDispatchBelowAutograd():
+            return op.redispatch(keyset & torch._C._after_autograd_keyset, *args)
+
+    ns, name = op._schema.name.split("::")
+    lib = _LIBS.setdefault(ns, torch.library.Library(ns, "IMPL"))
+    lib.impl(name, kernel, "Autograd", with_keyset=True)
 
 
 def register(ns, qualname_prefix):
@@ -68,7 +147,7 @@ def register(ns, qualname_prefix):
         (rng_state,) = ctx.saved_tensors
         return ns.drop_grad(gout, ctx.p, ctx.mode, ctx.seed, ctx.offset, rng_state), None, None, None, None, None
 
-    torch.library.register_autograd(q("drop_grad"), drop_grad_backward, setup_context=drop_grad_setup)
+    register_autograd(ns.drop_grad.default, drop_grad_backward, drop_grad_setup)
 
     # ---- dropgrad_update: d/dparam = 1, d/dgrad = -lr * n, d/dlr = -(grad * n) ----
     def update_grads(gout, grad, lr_tensor, lr, p, mode, seed, offset, rng_state, needs):
@@ -92,7 +171,7 @@ def register(ns, qualname_prefix):
                          ctx.needs_input_grad)
         return (*d, None, None, None, None, None, None)
 
-    torch.library.register_autograd(q("dropgrad_update"), update_backward, setup_context=update_setup)
+    register_autograd(ns.dropgrad_update.default, update_backward, update_setup)
 
     # ---- dropgrad_step: the same per tensor, each on its slice of the stream ----
     def step_setup(ctx, inputs, output):
@@ -120,7 +199,7 @@ def register(ns, qualname_prefix):
         # The gradient of a list input is a list of its length (possibly of Nones).
         return d_params, d_grads, d_lrs if ctx.has_lrs else [], None, None, None, None, None, None
 
-    torch.library.register_autograd(q("dropgrad_step"), step_backward, setup_context=step_setup)
+    register_autograd(ns.dropgrad_step.default, step_backward, step_setup)
 
     # ---- meta_dropout: a fused backward op that regenerates eps; saves only f and a ----
     def md_setup(ctx, inputs, output):
@@ -132,7 +211,7 @@ def register(ns, qualname_prefix):
         gf, ga = ns.meta_dropout_backward(gout, f, a, ctx.det, ctx.seed, ctx.offset, rng_state)
         return gf, ga, None, None, None, None
 
-    torch.library.register_autograd(q("meta_dropout"), md_backward, setup_context=md_setup)
+    register_autograd(ns.meta_dropout.default, md_backward, md_setup)
 
     # The backward's own derivative, for second-order MAML: composite ops on z = a + eps, with
     # eps regenerated (materialized only here), so every further order is PyTorch's autograd.
@@ -155,4 +234,5 @@ def register(ns, qualname_prefix):
             d_a = gga * gout * f * ds if d_a is None else d_a + gga * gout * f * ds
         return d_gout, d_f, d_a, None, None, None, None
 
-    torch.library.register_autograd(q("meta_dropout_backward"), mdb_backward, setup_context=mdb_setup)
+    register_autograd(ns.meta_dropout_backward.default, mdb_backward, mdb_setup)
+    _batching.register(ns, qualname_prefix)

@@ -6,6 +6,8 @@ import os
 
 import torch
 import torch.nn.functional as F
+from torch._C._functorch import TransformType
+from torch._functorch import pyfunctorch
 
 from . import _autograd, reference
 from .reference import MODES
@@ -68,10 +70,11 @@ def _kernels(backend, device):
 def _call(k, name, inputs, *args):
     """k.<name>.default(*args). When autograd has nothing to record (grad mode off, or no input
     that requires grad) the call skips the autograd layer, whose Python wrapper costs more than a
-    small kernel (~30 us on a list of 18 tensors); under torch.compile the op is traced as is."""
+    small kernel (~30 us on a list of 18 tensors); under torch.compile and torch.func transforms
+    the op is dispatched as is."""
     op = getattr(k, name).default
-    if torch.compiler.is_compiling() or (torch.is_grad_enabled() and any(t is not None and t.requires_grad
-                                                                           for t in inputs)):
+    if (torch.compiler.is_compiling() or torch._C._are_functorch_transforms_active()
+            or (torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in inputs))):
         return op(*args)
     with torch._C._AutoDispatchBelowAutograd():
         return op(*args)
@@ -111,26 +114,50 @@ def _check_mode(mode):
     return MODES[mode]
 
 
+def _noisy(p, mode):
+    return mode != "none" and p > 0
+
+
 def _check_int(v, name):
     if isinstance(v, bool) or not isinstance(v, numbers.Integral):
         raise TypeError(f"{name} must be an int, got {type(v).__name__}")
     return int(v)
 
 
-def _rng(seed, like, numel, kernels):
-    """(seed, rng_state) for a kernel call. On a CUDA kernel backend seed=None reserves `numel`
-    elements of torch's CUDA generator on the device (rng_state, CUDA-graph safe); elsewhere it
-    draws one seed from torch's default generator, so torch.manual_seed reproduces a run."""
-    if seed is None and like.is_cuda and kernels is not reference and cuda_kernels_built():
-        return 0, torch.ops.dropgrad.cuda_rng_state(like, numel)
+def _rng(seed, like, numel, kernels, noisy=True):
+    """(seed, rng_state) for a kernel call.
+
+    - No noise (p == 0, mode "none", deterministic): nothing is drawn from any generator.
+    - seed=None on a CUDA kernel backend: `numel` elements of torch's CUDA generator, reserved on
+      the device (rng_state, CUDA-graph safe).
+    - Under torch.compile: the seed becomes a tensor of the graph (rng_state), drawn by a traced
+      randint when None, so one graph gives fresh noise every call and a changing seed does not
+      recompile.
+    - Otherwise one int seed, drawn from torch's default generator when None (torch.manual_seed
+      reproduces a run)."""
+    if not noisy:
+        return (0 if seed is None else _seed(seed)), None
+    if kernels is reference and any(i.key() == TransformType.Vmap
+                                    for i in pyfunctorch.retrieve_all_functorch_interpreters()):
+        raise NotImplementedError("backend='reference' has no batching rule for its noise (every batch element "
+                                  "would get the same stream): under vmap use a kernel backend")
+    if kernels is not reference:
+        if seed is None and like.is_cuda and cuda_kernels_built():
+            return 0, torch.ops.dropgrad.cuda_rng_state(like, numel)
+        if torch.compiler.is_compiling():
+            s = (torch.randint(0, 2**63 - 1, (), device=like.device) if seed is None
+                 else torch.scalar_tensor(_seed(seed), dtype=torch.int64, device=like.device))
+            return 0, torch.stack([s, torch.zeros_like(s)])
     return _seed(seed), None
 
 
 def _seed(seed):
     """The seed as the ops' int64 argument (two's complement of a 64-bit seed); None draws one
-    from torch's default generator."""
+    from torch's default generator, outside any torch.func transform (vmap would otherwise batch
+    or refuse the draw; the batching rules derive each element's stream from this one seed)."""
     if seed is None:
-        return int(torch.randint(0, 2**63 - 1, (), dtype=torch.int64))
+        with pyfunctorch.temporarily_clear_interpreter_stack():
+            return int(torch.randint(0, 2**63 - 1, (), dtype=torch.int64))
     seed = _check_int(seed, "seed")
     if not 0 <= seed < _SEED_MOD:
         raise ValueError(f"seed must be in [0, 2**64), got {seed}")
@@ -160,6 +187,8 @@ def _check_lr(lr, param, name="lr"):
         return lr, 0.0
     if isinstance(lr, bool) or not isinstance(lr, numbers.Real):
         raise TypeError(f"{name} must be a float or a tensor, got {type(lr).__name__}")
+    if torch.compiler.is_compiling():  # a graph input, not a constant: a new lr does not recompile
+        return torch.scalar_tensor(lr, dtype=torch.float64, device=param.device), 0.0
     return None, float(lr)
 
 
@@ -170,7 +199,7 @@ def drop_grad(grad, p, mode="gaussian", *, seed=None, offset=0, backend="auto"):
     p, m = _check_p(p), _check_mode(mode)
     offset = _offset(offset, grad.numel())
     k = _kernels(backend, grad.device)
-    seed, state = _rng(seed, grad, grad.numel(), k)
+    seed, state = _rng(seed, grad, grad.numel(), k, _noisy(p, mode))
     if k is reference:
         return reference.drop_grad(grad, p, mode, seed=seed, offset=offset)
     return _call(k, "drop_grad", (grad,), grad, p, m, seed, offset, state)
@@ -183,7 +212,7 @@ def dropgrad_update(param, grad, lr, p, mode="gaussian", *, seed=None, offset=0,
     p, m = _check_p(p), _check_mode(mode)
     offset = _offset(offset, param.numel())
     k = _kernels(backend, param.device)
-    seed, state = _rng(seed, param, param.numel(), k)
+    seed, state = _rng(seed, param, param.numel(), k, _noisy(p, mode))
     if k is reference:
         return reference.dropgrad_update(param, grad, lr, p, mode, seed=seed, offset=offset)
     return _call(k, "dropgrad_update", (param, grad, lr_t), param, grad, lr_t, lr_f, p, m, seed, offset, state)
@@ -222,7 +251,7 @@ def dropgrad_step(params, grads, lr, p, mode="gaussian", *, seed=None, offset=0,
     # The stream's span only matters for a nonzero offset's range and the CUDA generator's reservation.
     span = sum(w.numel() + 3 for w in params) if offset or params[0].is_cuda else 0
     offset = _offset(offset, span)
-    seed, state = _rng(seed, params[0], span, k)
+    seed, state = _rng(seed, params[0], span, k, _noisy(p, mode))
     if k is reference:
         return reference.dropgrad_step(params, grads, lrs or lr_f, p, mode, seed=seed, offset=offset)
     try:
@@ -247,7 +276,7 @@ def meta_dropout(f, a, *, deterministic=False, seed=None, offset=0, backend="aut
         raise TypeError(f"deterministic must be a bool, got {type(deterministic).__name__}")
     offset = _offset(offset, f.numel())
     k = _kernels(backend, f.device)
-    seed, state = _rng(seed, f, f.numel(), k)
+    seed, state = _rng(seed, f, f.numel(), k, not deterministic)
     if k is reference:
         return reference.meta_dropout(f, a, deterministic=deterministic, seed=seed, offset=offset)
     return _call(k, "meta_dropout", (f, a), f, a, deterministic, seed, offset, state)

@@ -4,7 +4,7 @@ import torch
 from .. import ops
 
 
-def step(params, grads, lr, p, mode, *, seed=None, first_order=False, training=True, backend="auto"):
+def step(params, grads, lr, p, mode, *, seed=None, offset=0, first_order=False, training=True, backend="auto"):
     """New tensors for `params`: one dropgrad_step over those whose grad is not None (the others are
     returned unchanged, like the libraries' `if g is None: continue`).
 
@@ -27,7 +27,7 @@ def step(params, grads, lr, p, mode, *, seed=None, first_order=False, training=T
               else torch.tensor(lrs[i], dtype=torch.float64, device=params[i].device) for i in live]
     if not training:  # the published DropGrad code only perturbs gradients while training
         p, mode = 0.0, "none"
-    new = ops.dropgrad_step([params[i] for i in live], gs, lr, p, mode, seed=seed, backend=backend)
+    new = ops.dropgrad_step([params[i] for i in live], gs, lr, p, mode, seed=seed, offset=offset, backend=backend)
     for i, w in zip(live, new):
         out[i] = w
     return out

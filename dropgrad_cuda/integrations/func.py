@@ -1,5 +1,7 @@
-"""For ``torch.func.functional_call`` inner loops: parameters and gradients as dicts of tensors."""
+"""For ``torch.func.functional_call`` inner loops: parameters and gradients as dicts of tensors,
+and a meta-batch adapted in the torch.func style (vmap over tasks, grad inside)."""
 import torch
+from torch.func import grad, vmap
 
 from . import _common
 
@@ -18,8 +20,8 @@ def _lr_of(lr, name, step):
         raise ValueError(f"lr[{name!r}] must be indexable by step={step} (one step size per inner step)") from e
 
 
-def inner_step(params, grads, lr, p, mode="gaussian", *, step=None, seed=None, first_order=False, training=True,
-               backend="auto"):
+def inner_step(params, grads, lr, p, mode="gaussian", *, step=None, seed=None, offset=0, first_order=False,
+               training=True, backend="auto"):
     """One DropGrad inner update of a dict of parameters; returns a new dict (same keys and order).
 
     lr: a float (MAML); a dict of tensors by name, each 0-d or of the parameter's shape (Meta-SGD);
@@ -41,8 +43,8 @@ def inner_step(params, grads, lr, p, mode="gaussian", *, step=None, seed=None, f
         if not isinstance(lr, dict):
             raise TypeError("step is only meaningful with a dict lr of per-step step sizes")
         lr = [_lr_of(lr, n, step) for n in names]
-    new = _common.step(params.values(), gs, lr, p, mode, seed=seed, first_order=first_order, training=training,
-                       backend=backend)
+    new = _common.step(params.values(), gs, lr, p, mode, seed=seed, offset=offset, first_order=first_order,
+                       training=training, backend=backend)
     return dict(zip(names, new))
 
 
@@ -50,3 +52,28 @@ def grads_of(loss, params, *, first_order=False):
     """torch.autograd.grad of `loss` for a dict of params, as a dict; second order unless first_order."""
     gs = torch.autograd.grad(loss, list(params.values()), create_graph=not first_order, allow_unused=True)
     return dict(zip(params, gs))
+
+
+def meta_batch_loss(loss_fn, params, xs, ys, xq, yq, *, lr, p, mode="gaussian", steps=1, seed=None, first_order=False,
+                    training=True, backend="auto"):
+    """The mean query loss of a meta-batch, each task adapted by `steps` DropGrad inner updates:
+    vmap over the tasks (stacked along dim 0 of xs, ys, xq, yq) with randomness="different", the
+    inner gradient by torch.func.grad, second order unless first_order. loss_fn(params, x, y) is
+    the functional loss (e.g. through functional_call). Every step is one fused update over the
+    whole meta-batch; task b's noise at step s is the stream at offset (s * B + b) * span, span the
+    parameters' stream length, so it equals a loop over tasks with those offsets (and with
+    seed=None a fresh seed per step, task b at offset b * span)."""
+    if not isinstance(steps, int) or isinstance(steps, bool) or steps < 1:
+        raise ValueError(f"steps must be a positive int, got {steps!r}")
+    tasks = xs.shape[0]
+    span = sum(-(-w.numel() // 4) * 4 for w in params.values())
+
+    def adapted_query_loss(xs, ys, xq, yq):
+        fast = params
+        for s in range(steps):
+            g = grad(loss_fn)(fast, xs, ys)
+            fast = inner_step(fast, g, lr, p, mode, seed=seed, offset=0 if seed is None else s * tasks * span,
+                              first_order=first_order, training=training, backend=backend)
+        return loss_fn(fast, xq, yq)
+
+    return vmap(adapted_query_loss, randomness="different")(xs, ys, xq, yq).mean()

@@ -1,0 +1,163 @@
+"""Batching rules of the ops for torch.func.vmap, written once for any namespace of kernels.
+
+Each rule makes one fused kernel call on the whole batch. Its noise follows vmap's `randomness`
+(docs/noise_contract.md, "Batched streams"): "different" gives batch element b the stream at
+offset + b * span, span the element's stream length (its numel, or a list's total, rounded up
+to 4), so the batched call equals B separate calls at those offsets; "same" gives every element
+the unbatched call's noise; "error" (vmap's default) refuses an op that draws noise.
+
+A backward regenerates its forward's noise: at a vmap level its forward did not run under (the
+vmap over cotangents of jacrev, or a user's vmap of a vjp), every element gets that same noise.
+"""
+import contextlib
+import threading
+
+import torch
+from torch._C._functorch import TransformType
+from torch._functorch import pyfunctorch
+
+_regen = threading.local()
+
+
+def vmap_levels():
+    """The vmap levels active now (recorded by a forward for its backward)."""
+    if not torch._C._are_functorch_transforms_active():
+        return frozenset()
+    return frozenset(i.level() for i in pyfunctorch.retrieve_all_functorch_interpreters()
+                     if i.key() == TransformType.Vmap)
+
+
+@contextlib.contextmanager
+def regenerating(levels):
+    """Op calls inside regenerate the noise of a forward that ran under the vmap `levels`."""
+    before = getattr(_regen, "levels", None)
+    _regen.levels = levels
+    try:
+        yield
+    finally:
+        _regen.levels = before
+
+
+def _span(numel):
+    return -(-numel // 4) * 4
+
+
+def _front(x, d, size):
+    """x with its batch dimension d first, or x (unbatched, d None) expanded to the batch size."""
+    return x.movedim(d, 0) if d is not None else x.expand(size, *x.shape)
+
+
+def _randomness(info, name):
+    """The randomness a noisy op follows at this level."""
+    levels = getattr(_regen, "levels", None)
+    if levels is not None and pyfunctorch.retrieve_current_functorch_interpreter().level() not in levels:
+        return "same"
+    if info.randomness == "error":
+        raise RuntimeError(
+            f"dropgrad {name} draws noise, and vmap's randomness argument is 'error' (its default): pass "
+            "randomness='different' for fresh noise per batch element (the DropGrad way) or 'same' for one "
+            "noise shared by all, or turn the noise off (mode='none', p=0, deterministic=True)")
+    return info.randomness
+
+
+def _elementwise(op, info, in_dims, tensors, rest, noisy, name):
+    """op(*tensors, *rest) over a batch of same-shape tensors (a None tensor passes through);
+    returns the per-element outputs, batched along dim 0."""
+    size = info.batch_size
+    xs = [None if t is None else _front(t, d, size) for t, d in zip(tensors, in_dims)]
+    shape = next(x for x in xs if x is not None).shape[1:]
+    if noisy and _randomness(info, name) == "same":
+        outs = [op(*(None if x is None else x[b] for x in xs), *rest) for b in range(size)]
+        return _stack(outs)
+    n = shape.numel()
+    # One call on (B, span) rows: row b's stream starts at offset + b * span, as the contract asks.
+    rows = [None if x is None else torch.nn.functional.pad(x.reshape(size, n), (0, _span(n) - n)) for x in xs]
+    out = op(*rows, *rest)
+    unpad = lambda y: y[:, :n].reshape(size, *shape)  # noqa: E731
+    return tuple(map(unpad, out)) if isinstance(out, tuple) else unpad(out)
+
+
+def _stack(outs):
+    return tuple(map(torch.stack, zip(*outs))) if isinstance(outs[0], tuple) else torch.stack(outs)
+
+
+def _dims(out):
+    return (0,) * len(out) if isinstance(out, tuple) else 0
+
+
+def _noisy(p, mode):
+    return mode == 3 or (mode != 0 and p > 0)  # as dg::make_stream: "normal" ignores p
+
+
+def register(ns, qualname_prefix):
+    def q(name):
+        return f"{qualname_prefix}::{name}"
+
+    def reg(name):
+        return lambda rule: torch.library.register_vmap(q(name), rule)
+
+    @reg("philox4x32_10")
+    def _(info, in_dims, counter, key):
+        size = info.batch_size
+        return ns.philox4x32_10(_front(counter, in_dims[0], size), _front(key, in_dims[1], size)), 0
+
+    @reg("noise")
+    def _(info, in_dims, like, p, mode, seed, offset, rng_state=None):
+        out = _elementwise(lambda l, *r: ns.noise(l, *r), info, in_dims[:1], [like], (p, mode, seed, offset, rng_state),
+                           _noisy(p, mode), "noise")
+        return out, 0
+
+    @reg("drop_grad")
+    def _(info, in_dims, grad, p, mode, seed, offset, rng_state=None):
+        out = _elementwise(ns.drop_grad, info, in_dims[:1], [grad], (p, mode, seed, offset, rng_state),
+                           _noisy(p, mode), "drop_grad")
+        return out, 0
+
+    @reg("dropgrad_update")
+    def _(info, in_dims, param, grad, lr_tensor, lr, p, mode, seed, offset, rng_state=None):
+        # As a list of B updates: dropgrad_step's streams are exactly the batched ones, one launch
+        # serves any numel, and a batched 0-d lr stays a per-element scalar.
+        lrs, lr_dims = ([], []) if lr_tensor is None else ([lr_tensor], [in_dims[2]])
+        outs = _step(info, [[in_dims[0]], [in_dims[1]], lr_dims], [[param], [grad], lrs], lr, p, mode, seed, offset,
+                     rng_state, "dropgrad_update")
+        return outs[0], 0
+
+    @reg("dropgrad_step")
+    def _(info, in_dims, params, grads, lrs, lr, p, mode, seed, offset, rng_state=None):
+        lists = [list(params), list(grads), list(lrs)]
+        dims = [d if isinstance(d, (list, tuple)) else [d] * len(l) for d, l in zip(in_dims, lists)]
+        outs = _step(info, dims, lists, lr, p, mode, seed, offset, rng_state, "dropgrad_step")
+        return outs, [0] * len(outs)
+
+    def _step(info, dims, lists, lr, p, mode, seed, offset, rng_state, name):
+        """dropgrad_step over batched lists (dims: each tensor's batch dimension or None)."""
+        size = info.batch_size
+        fronts = [[_front(t, d, size) for t, d in zip(l, ds)] for l, ds in zip(lists, dims)]
+        k = len(lists[0])
+        if _noisy(p, mode) and _randomness(info, name) == "same":
+            per = [ns.dropgrad_step(*([t[b] for t in f] for f in fronts), lr, p, mode, seed, offset, rng_state)
+                   for b in range(size)]
+        else:  # element b's tensors follow element b-1's in one list: its stream starts at offset + b * span
+            flat = ns.dropgrad_step(*([t[b] for b in range(size) for t in f] for f in fronts), lr, p, mode, seed, offset,
+                                    rng_state)
+            per = [flat[b * k:(b + 1) * k] for b in range(size)]
+        return [torch.stack([per[b][j] for b in range(size)]) for j in range(k)]
+
+    @reg("meta_dropout")
+    def _(info, in_dims, f, a, deterministic, seed, offset, rng_state=None):
+        out = _elementwise(ns.meta_dropout, info, in_dims[:2], [f, a], (deterministic, seed, offset, rng_state),
+                           not deterministic, "meta_dropout")
+        return out, 0
+
+    @reg("meta_dropout_backward")
+    def _(info, in_dims, grad_out, f, a, deterministic, seed, offset, rng_state=None):
+        out = _elementwise(ns.meta_dropout_backward, info, in_dims[:3], [grad_out, f, a],
+                           (deterministic, seed, offset, rng_state), not deterministic, "meta_dropout_backward")
+        return out, (0, 0)
+
+    if qualname_prefix == "dropgrad":
+        @reg("cuda_rng_state")
+        def _(info, in_dims, like, numel):
+            # The whole batch's streams from one reservation; the state itself is not batched.
+            return ns.cuda_rng_state(like.select(in_dims[0], 0) if in_dims[0] is not None else like,
+                                     numel * info.batch_size + 4 * info.batch_size), None
