@@ -264,3 +264,91 @@ def test_integrations_reject_mismatched_inputs():
         DropGradSGD(model.parameters(), lr=0.1, mode="dropout")
     with pytest.raises(TypeError, match="params must be a dict"):
         func.inner_step(list(params.values()), dict(params), 0.1, 0.1)
+
+
+# ------------------------------------------------------------ higher: evaluation mode, query passes
+def test_higher_evaluation_mode_gives_the_stock_update():
+    model, (xs, ys, _, _) = net(torch.float32), task(torch.float32)
+    model.eval()
+    steps = []
+    for opt in (DropGradSGD(model.parameters(), lr=0.1, p=0.5), torch.optim.SGD(model.parameters(), lr=0.1)):
+        with higher.innerloop_ctx(model, opt, copy_initial_weights=True) as (fmodel, diffopt):
+            diffopt.step(F.cross_entropy(fmodel(xs), ys))
+            steps.append([w.detach() for w in fmodel.parameters()])
+    for a, b in zip(*steps):
+        assert torch.equal(a, b)
+
+
+def test_query_pass_on_the_users_model_reaches_highers_fmodel():
+    from dropgrad_cuda import nn as dnn
+    torch.manual_seed(0)
+    model = nn.Sequential(dnn.MetaDropout(nn.Linear(4, 6)), nn.ReLU(), nn.Linear(6, 3))
+    x = torch.randn(5, 4)
+    with higher.innerloop_ctx(model, DropGradSGD(dnn.inner_parameters(model).values(), lr=0.1)) as (fmodel, _):
+        assert not torch.equal(fmodel(x), fmodel(x))  # noisy support passes
+        with dnn.query_pass(model):
+            assert torch.equal(fmodel(x), fmodel(x))
+            with torch.no_grad():
+                want = model(x)
+            assert torch.equal(fmodel(x), want)
+
+
+# ------------------------------------------------------------ DropGradSGD as torch.optim.SGD
+@pytest.mark.parametrize("options", [{}, {"momentum": 0.9}, {"momentum": 0.9, "nesterov": True},
+                                     {"momentum": 0.5, "dampening": 0.3, "weight_decay": 0.01},
+                                     {"maximize": True, "weight_decay": 0.1}],
+                         ids=["plain", "momentum", "nesterov", "dampening-wd", "maximize-wd"])
+def test_dropgrad_sgd_without_noise_is_torch_sgd_bit_for_bit(options):
+    torch.manual_seed(0)
+    w1 = torch.randn(100_000, requires_grad=True)
+    w2 = w1.detach().clone().requires_grad_()
+    stock, ours = torch.optim.SGD([w1], lr=0.1, **options), DropGradSGD([w2], lr=0.1, p=0.0, **options)
+    for _ in range(3):
+        g = torch.randn(100_000)
+        w1.grad, w2.grad = g.clone(), g.clone()
+        stock.step()
+        ours.step()
+    assert torch.equal(w1, w2)
+
+
+@pytest.mark.parametrize("options", [{"momentum": 0.9}, {"momentum": 0.9, "nesterov": True, "weight_decay": 0.1},
+                                     {"momentum": 0.5, "maximize": True, "weight_decay": 0.1}],
+                         ids=["momentum", "nesterov-wd", "maximize-wd"])
+def test_dropgrad_sgd_noise_enters_sgds_own_rule(options):
+    """With momentum, the noisy step is torch.optim.SGD's step on d = (±g + wd * w) * n (n the
+    contract's noise); without, the fused w - lr * d (test_dropgrad_sgd_as_a_plain_optimizer)."""
+    torch.manual_seed(0)
+    w1 = torch.randn(1000, requires_grad=True)
+    w2 = w1.detach().clone().requires_grad_()
+    wd, sign = options.get("weight_decay", 0.0), -1 if options.get("maximize") else 1
+    plain = {k: v for k, v in options.items() if k not in ("weight_decay", "maximize")}
+    stock, ours = torch.optim.SGD([w1], lr=0.1, **plain), DropGradSGD([w2], lr=0.1, p=0.2, seed=5, **options)
+    for _ in range(2):
+        g = torch.randn(1000)
+        w1.grad = dg.drop_grad(sign * g + wd * w1.detach(), 0.2, seed=5)
+        w2.grad = g
+        stock.step()
+        ours.step()
+    assert torch.equal(w1, w2)
+
+
+def test_dropgrad_sgd_loads_a_torch_sgd_state_and_checks_added_groups():
+    w = torch.randn(10, requires_grad=True)
+    w.grad = torch.randn(10)
+    ours = DropGradSGD([w], lr=0.1, p=0.2)
+    ours.load_state_dict(torch.optim.SGD([w], lr=0.05).state_dict())
+    ours.step()  # main: KeyError 'p'
+    assert ours.param_groups[0]["p"] == 0.2 and ours.param_groups[0]["lr"] == 0.05
+    with pytest.raises(ValueError, match="p must be in"):
+        ours.add_param_group({"params": [torch.randn(2, requires_grad=True)], "p": 1.5})
+    with pytest.raises(ValueError, match="mode"):
+        ours.add_param_group({"params": [torch.randn(2, requires_grad=True)], "mode": "uniform"})
+    w.grad = torch.randn(10)
+    before = w.detach().clone()
+    DropGradSGD([w], lr=0.1, p=0.2, seed=3, maximize=True, weight_decay=0.1).step()  # fused, no momentum
+    d = -w.grad + 0.1 * before
+    assert torch.equal(w.detach(), dg.reference.dropgrad_update(before, d, 0.1, 0.2, seed=3))
+    s = torch.randn(4, 3, requires_grad=True)
+    s.grad = torch.randn(4, 3).to_sparse()
+    with pytest.raises(RuntimeError, match="sparse"):
+        DropGradSGD([s], lr=0.1).step()

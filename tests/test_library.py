@@ -100,3 +100,85 @@ def test_triton_kernels_compile_ahead_of_time_without_spills(arch):
     assert len(lines) == len(list(configurations())) > 100
     assert all("0 bytes spill stores, 0 bytes spill loads" in l for l in lines)
     assert f"sm_{arch}: 0 failed or spilled" in run.stdout
+
+
+# ---------------------------------------------------------------- compile and export with fresh noise
+def test_compile_seed_none_one_graph_fresh_noise_reproducible():
+    """A whole first-order training step (MetaDropout blocks, torch.func.grad, a fused DropGrad
+    update, the query loss) compiles into one graph that draws fresh noise on every call."""
+    from torch import nn
+    from torch.func import functional_call, grad
+
+    from dropgrad_cuda import nn as dnn
+
+    torch.manual_seed(0)
+    model = nn.Sequential(dnn.MetaDropout(nn.Linear(4, 8)), nn.ReLU(), dnn.MetaDropout(nn.Linear(8, 8)), nn.ReLU(),
+                          nn.Linear(8, 3))
+    inner = dict(dnn.inner_parameters(model))
+    x, y = torch.randn(10, 4), torch.arange(10) % 3
+
+    def step(params, x, y):
+        def loss(p):
+            return torch.nn.functional.cross_entropy(functional_call(model, p, (x,)), y)
+        g = grad(loss)(params)
+        fast = dg.dropgrad_step(list(params.values()), [v.detach() for v in g.values()], 0.1, 0.2)
+        return loss(dict(zip(params, fast)))
+
+    graphs = []
+    compiled = torch.compile(step, fullgraph=True, backend=lambda gm, ex: graphs.append(gm) or gm.forward)
+    torch.manual_seed(1)
+    first = [compiled(inner, x, y) for _ in range(4)]
+    torch.manual_seed(1)
+    again = [compiled(inner, x, y) for _ in range(4)]
+    assert len(graphs) == 1
+    assert len({v.item() for v in first}) == 4  # fresh noise every step
+    assert all(torch.equal(a, b) for a, b in zip(first, again))  # reproducible under torch.manual_seed
+    first[0].backward()
+    assert model[0].generator.net.weight.grad.abs().sum() > 0
+
+
+def test_compile_a_changing_seed_or_lr_does_not_recompile_every_step():
+    w, g = torch.randn(8), torch.randn(8)
+    graphs = []
+    fn = torch.compile(lambda w, g, lr, seed: dg.dropgrad_update(w, g, lr, 0.2, seed=seed), fullgraph=True,
+                       backend=lambda gm, ex: graphs.append(gm) or gm.forward)
+    for i in range(6):
+        out = fn(w, g, 0.1 * (i + 1), 100 + i)
+        assert torch.equal(out, dg.dropgrad_update(w, g, 0.1 * (i + 1), 0.2, seed=100 + i))
+    assert len(graphs) <= 2  # dynamo's one automatic-dynamic recompile at the second value, then none
+
+
+def test_export_a_trained_model_inside_query_pass_and_in_eval():
+    from torch import nn
+
+    from dropgrad_cuda import nn as dnn
+
+    torch.manual_seed(0)
+    model = nn.Sequential(dnn.MetaDropout(nn.Conv2d(1, 4, 3, padding=1)), nn.ReLU(), nn.Flatten(), nn.Linear(64, 5))
+    x = torch.randn(2, 1, 4, 4)
+    with dnn.query_pass(model):
+        want = model(x)
+        exported = torch.export.export(model, (x,))
+    assert torch.equal(exported.module()(x), want)
+    model.eval()
+    assert torch.equal(torch.export.export(model, (x,)).module()(x), want)
+
+
+@pytest.mark.parametrize("call", [
+    lambda w: dg.dropgrad_update(w, w, 0.1, 0.0),
+    lambda w: dg.dropgrad_update(w, w, 0.1, 0.3, "none"),
+    lambda w: dg.drop_grad(w, 0.0, "bernoulli"),
+    lambda w: dg.dropgrad_step([w], [w], 0.1, 0.2, "none"),
+    lambda w: dg.meta_dropout(w, w, deterministic=True),
+    lambda w: dg.logit_noise(w, w[:, :1], deterministic=True),
+], ids=["p0", "none", "drop_grad-p0", "step-none", "meta_dropout-det", "logit_noise-det"])
+def test_no_noise_draws_nothing_from_the_generator(call):
+    w = torch.randn(3, 4)
+    torch.manual_seed(0)
+    want = torch.rand(5)
+    torch.manual_seed(0)
+    call(w)
+    assert torch.equal(torch.rand(5), want)
+    torch.manual_seed(0)
+    dg.dropgrad_update(w, w, 0.1, 0.2)  # noise on: one draw, as before
+    assert not torch.equal(torch.rand(5), want)

@@ -114,3 +114,73 @@ def test_meta_dropout_and_cml_second_order_meta_gradients():
     assert with_co["noise.generator.net.weight"].abs().sum() > 0  # phi of the logit noise: outer only
     assert with_co["co_learner.net.0.weight"].abs().sum() > 0 and not without["co_learner.net.0.weight"].any()
     assert not torch.allclose(with_co["md.layer.weight"], without["md.layer.weight"])
+
+
+@pytest.mark.parametrize("make", [
+    lambda: nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 5)),
+    lambda: nn.Sequential(nn.Linear(8, 5), nn.ReLU()),  # shapes that would fit the co-learner's head
+], ids=["sequential", "sequential-fitting"])
+def test_co_learner_leaves_a_container_forward_alone(make):
+    torch.manual_seed(0)
+    m, x = make(), torch.randn(3, 8)
+    want, n = m(x), len(m)
+    co = dnn.attach_co_learner(m, (5,), 5)
+    assert torch.equal(m(x), want) and len(m) == n and all(not isinstance(t, dnn.CoLearner) for t in m)
+    assert {id(p) for p in co.parameters()} <= {id(p) for p in m.parameters()}  # the outer optimizer sees it
+    assert any(k.startswith("co_learner.") for k in m.state_dict())
+    assert dnn.drop_co_learner(m) is co and type(m) is nn.Sequential and torch.equal(m(x), want)
+
+
+def test_co_learner_leaves_module_lists_and_dicts_alone():
+    lst, dct = nn.ModuleList([nn.Linear(2, 2)]), nn.ModuleDict({"a": nn.Linear(2, 2)})
+    for c in (lst, dct):
+        dnn.attach_co_learner(c, (2,), 2)
+    assert len(lst) == 1 and list(lst) == [lst[0]] and len(dct) == 1 and list(dct) == ["a"]
+    lst.append(nn.Linear(2, 2))
+    assert len(lst) == 2 and isinstance(lst[1], nn.Linear)
+
+
+def test_co_learner_on_small_feature_maps():
+    import warnings
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # main warned of a zero-element tensor here
+        co = dnn.CoLearner((8, 1, 1), 5)  # Conv-4 on 28x28 Omniglot
+    loss = co.loss(torch.randn(4, 8, 1, 1), torch.arange(4), F.cross_entropy)
+    loss.backward()
+    assert torch.isfinite(loss) and all(p.grad is not None for p in co.parameters())
+    with pytest.raises(ValueError, match="feature_shape"):
+        dnn.CoLearner((8, 0, 3), 5)
+
+
+def test_eval_mode_is_deterministic_like_the_query_pass():
+    torch.manual_seed(0)
+    m, x = Block(), torch.randn(5, 2, 6, 6)
+    with dnn.query_pass(m):
+        want = m(x)
+    m.eval()
+    assert torch.equal(m(x), want) and torch.equal(m(x), m(x))
+    m.train()
+    assert not torch.equal(m(x), want)
+
+
+@pytest.mark.parametrize("wrap", [nn.utils.parametrizations.weight_norm, nn.utils.parametrizations.spectral_norm,
+                                  nn.utils.spectral_norm], ids=["weight_norm", "spectral_norm", "spectral_norm-hook"])
+def test_meta_dropout_generator_is_initialized_afresh_under_weight_and_spectral_norm(wrap):
+    torch.manual_seed(0)
+    layer = wrap(nn.Linear(6, 6))
+    md = dnn.MetaDropout(layer)
+    gen = md.generator.net
+    mine = {n: p for n, p in layer.named_parameters() if "bias" not in n}
+    theirs = {n: p for n, p in gen.named_parameters() if "bias" not in n}
+    assert mine.keys() == theirs.keys() and all(not torch.equal(mine[n], theirs[n]) for n in mine)
+    assert not torch.equal(gen.weight, layer.weight) and layer.weight.shape == gen.weight.shape  # both still work
+    assert md(torch.randn(3, 6)).shape == (3, 6)
+
+
+def test_meta_dropout_refuses_the_deprecated_weight_norm_hook_clearly():
+    import warnings
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        layer = nn.utils.weight_norm(nn.Linear(3, 3))
+    with pytest.raises(TypeError, match="parametrizations.weight_norm"):
+        dnn.MetaDropout(layer)

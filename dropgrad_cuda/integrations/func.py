@@ -55,11 +55,12 @@ def grads_of(loss, params, *, first_order=False):
 
 
 def meta_batch_loss(loss_fn, params, xs, ys, xq, yq, *, lr, p, mode="gaussian", steps=1, seed=None, first_order=False,
-                    training=True, backend="auto"):
+                    training=True, query_loss_fn=None, backend="auto"):
     """The mean query loss of a meta-batch, each task adapted by `steps` DropGrad inner updates:
     vmap over the tasks (stacked along dim 0 of xs, ys, xq, yq) with randomness="different", the
     inner gradient by torch.func.grad, second order unless first_order. loss_fn(params, x, y) is
-    the functional loss (e.g. through functional_call). Every step is one fused update over the
+    the functional loss (e.g. through functional_call); query_loss_fn, if given, the query's (e.g.
+    inside dropgrad_cuda.nn.query_pass). Every step is one fused update over the
     whole meta-batch; task b's noise at step s is the stream at offset (s * B + b) * span, span the
     parameters' stream length, so it equals a loop over tasks with those offsets (and with
     seed=None a fresh seed per step, task b at offset b * span)."""
@@ -74,6 +75,6 @@ def meta_batch_loss(loss_fn, params, xs, ys, xq, yq, *, lr, p, mode="gaussian", 
             g = grad(loss_fn)(fast, xs, ys)
             fast = inner_step(fast, g, lr, p, mode, seed=seed, offset=0 if seed is None else s * tasks * span,
                               first_order=first_order, training=training, backend=backend)
-        return loss_fn(fast, xq, yq)
+        return (query_loss_fn or loss_fn)(fast, xq, yq)
 
     return vmap(adapted_query_loss, randomness="different")(xs, ys, xq, yq).mean()
