@@ -82,3 +82,14 @@ def test_example_under_torchrun_with_two_processes(tmp_path):
 def test_example_on_cuda(tmp_path):
     few_shot.main(TINY + ["--device", "cuda", "--methods", "dropgrad-gaussian,meta-dropout", "--out", str(tmp_path)])
     assert (tmp_path / "results.json").exists()
+
+
+def test_readme_short_example_table_matches_a_fresh_run():
+    """The README's short-configuration table is what the code prints now (every column but time);
+    `python -m dropgrad_cuda.examples.readme README.md` checks the default run's table too."""
+    from dropgrad_cuda.examples import readme
+
+    text = open(os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "README.md")).read()
+    marked = readme.tables(text)
+    assert len(marked) == 2 and all(len(rows) == 12 for _, rows in marked)
+    assert readme.mismatches(text, short_only=True) == []
