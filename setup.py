@@ -5,7 +5,7 @@ import re
 import shutil
 import subprocess
 
-from setuptools import setup
+from setuptools import find_packages, setup
 
 
 def _find_cuda_home():
@@ -66,7 +66,8 @@ setup(
     name="dropgrad_cuda",
     version="0.1.0",
     description="Fused, exactly reproducible kernels for DropGrad, Meta-Dropout and CML meta-learning",
-    packages=["dropgrad_cuda", "dropgrad_cuda.triton_kernels"],
+    # Every subpackage (integrations, examples); the Triton sources install inside dropgrad_cuda.
+    packages=find_packages(include=["dropgrad_cuda", "dropgrad_cuda.*"]) + ["dropgrad_cuda.triton_kernels"],
     package_dir={"dropgrad_cuda.triton_kernels": "triton_kernels"},
     ext_modules=[extension()],
     cmdclass={"build_ext": cpp_extension.BuildExtension},

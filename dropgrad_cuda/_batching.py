@@ -81,10 +81,6 @@ def _stack(outs):
     return tuple(map(torch.stack, zip(*outs))) if isinstance(outs[0], tuple) else torch.stack(outs)
 
 
-def _dims(out):
-    return (0,) * len(out) if isinstance(out, tuple) else 0
-
-
 def _noisy(p, mode):
     return mode == 3 or (mode != 0 and p > 0)  # as dg::make_stream: "normal" ignores p
 
@@ -103,8 +99,8 @@ def register(ns, qualname_prefix):
 
     @reg("noise")
     def _(info, in_dims, like, p, mode, seed, offset, rng_state=None):
-        out = _elementwise(lambda l, *r: ns.noise(l, *r), info, in_dims[:1], [like], (p, mode, seed, offset, rng_state),
-                           _noisy(p, mode), "noise")
+        out = _elementwise(ns.noise, info, in_dims[:1], [like], (p, mode, seed, offset, rng_state), _noisy(p, mode),
+                           "noise")
         return out, 0
 
     @reg("drop_grad")
