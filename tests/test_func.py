@@ -275,3 +275,17 @@ def test_vmap_under_grad_meta_batch_equals_task_loop(backend):
     want = torch.autograd.grad(total / 3, list(leaves.values()))
     for k, w in zip(inner, want):
         torch.testing.assert_close(got[k], w, rtol=1e-12, atol=1e-14)
+
+
+def test_meta_batch_helper_names_bad_arguments():
+    params = {"w": torch.randn(3)}
+    x = torch.randn(2, 4, 3)
+
+    def loss(p, x, y):
+        return (x @ p["w"] - y).pow(2).mean()
+
+    for steps in (0, -1, 1.5, True):
+        with pytest.raises(ValueError, match="steps"):
+            dfunc.meta_batch_loss(loss, params, x, x[..., 0], x, x[..., 0], lr=0.1, p=0.1, steps=steps)
+    with pytest.raises(ValueError, match="offset"):
+        dfunc.inner_step(params, {"w": torch.randn(3)}, 0.1, 0.1, offset=3)
