@@ -16,6 +16,8 @@ import torch
 from torch._C._functorch import TransformType
 from torch._functorch import pyfunctorch
 
+from .reference import span
+
 _regen = threading.local()
 
 
@@ -36,10 +38,6 @@ def regenerating(levels):
         yield
     finally:
         _regen.levels = before
-
-
-def _span(numel):
-    return -(-numel // 4) * 4
 
 
 def _front(x, d, size):
@@ -71,7 +69,7 @@ def _elementwise(op, info, in_dims, tensors, rest, noisy, name):
         return _stack(outs)
     n = shape.numel()
     # One call on (B, span) rows: row b's stream starts at offset + b * span, as the contract asks.
-    rows = [None if x is None else torch.nn.functional.pad(x.reshape(size, n), (0, _span(n) - n)) for x in xs]
+    rows = [None if x is None else torch.nn.functional.pad(x.reshape(size, n), (0, span(n) - n)) for x in xs]
     out = op(*rows, *rest)
     unpad = lambda y: y[:, :n].reshape(size, *shape)  # noqa: E731
     return tuple(map(unpad, out)) if isinstance(out, tuple) else unpad(out)

@@ -131,12 +131,17 @@ def _noise_like(t, p, mode, seed, offset):
     return noise(t.numel(), p, mode, seed, offset, t.device).reshape(t.shape).to(_opmath(t))
 
 
+def span(numel):
+    """The stream length a tensor of numel elements takes: numel rounded up to a multiple of 4."""
+    return -(-numel // 4) * 4
+
+
 def stream_offsets(numels, offset=0):
     """Where each tensor's noise starts in a multi-tensor call: the previous end rounded up to 4."""
     out = []
     for n in numels:
         out.append(offset)
-        offset += -(-n // 4) * 4
+        offset += span(n)
     return out
 
 

@@ -3,6 +3,7 @@ and a meta-batch adapted in the torch.func style (vmap over tasks, grad inside).
 import torch
 from torch.func import grad, vmap
 
+from .. import reference
 from . import _common
 
 
@@ -67,7 +68,7 @@ def meta_batch_loss(loss_fn, params, xs, ys, xq, yq, *, lr, p, mode="gaussian", 
     if not isinstance(steps, int) or isinstance(steps, bool) or steps < 1:
         raise ValueError(f"steps must be a positive int, got {steps!r}")
     tasks = xs.shape[0]
-    span = sum(-(-w.numel() // 4) * 4 for w in params.values())
+    span = sum(reference.span(w.numel()) for w in params.values())
 
     def adapted_query_loss(xs, ys, xq, yq):
         fast = params
