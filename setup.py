@@ -39,8 +39,21 @@ def cuda_available_for_build():
     return True, ""
 
 
+def cuda_headers():
+    """The CUDA toolkit's include folder, if it has the headers the cuda-emulated backend compiles
+    against (cuda_fp16.h, cuda_bf16.h and cuda_runtime.h, host code only: no GPU, no nvcc)."""
+    home = cpp_extension.CUDA_HOME
+    include = os.path.join(home, "include") if home else ""
+    return include if os.path.exists(os.path.join(include, "cuda_fp16.h")) else None
+
+
 def extension():
     sources = ["csrc/ops.cpp"] + sorted(glob.glob("csrc/cpu/*.cpp"))
+    include = cuda_headers()
+    if include:
+        sources += sorted(glob.glob("csrc/emulated/*.cpp"))
+    else:
+        print("dropgrad_cuda: no CUDA headers (cuda_fp16.h) found, so no cuda-emulated backend")
     cuda_sources = sorted(glob.glob("csrc/cuda/*.cu")) + sorted(glob.glob("csrc/cuda/*.cpp"))
     with_cuda, why = cuda_available_for_build()
     if with_cuda and cuda_sources:
@@ -58,7 +71,8 @@ def extension():
     if cuda_sources:
         print(f"dropgrad_cuda: building the CPU kernels only ({why})")
     return cpp_extension.CppExtension(
-        "dropgrad_cuda._C", sources, extra_compile_args={"cxx": CXX_FLAGS}, extra_link_args=["-fopenmp"]
+        "dropgrad_cuda._C", sources, include_dirs=[include] if include else [], extra_compile_args={"cxx": CXX_FLAGS},
+        extra_link_args=["-fopenmp"]
     )
 
 

@@ -8,6 +8,8 @@
 #include <Python.h>
 #include <torch/library.h>
 
+#include "ops.h"
+
 extern "C" {
 // Importing dropgrad_cuda._C loads this library and so runs the registrations below.
 PyObject* PyInit__C(void) {
@@ -16,7 +18,7 @@ PyObject* PyInit__C(void) {
 }
 }
 
-TORCH_LIBRARY(dropgrad, m) {
+void dg::define_ops(torch::Library& m) {
   m.def("philox4x32_10(Tensor counter, Tensor key) -> Tensor");
   m.def("noise(Tensor like, float p, int mode, int seed, int offset, Tensor? rng_state=None) -> Tensor");
   m.def("drop_grad(Tensor grad, float p, int mode, int seed, int offset, Tensor? rng_state=None) -> Tensor");
@@ -31,5 +33,9 @@ TORCH_LIBRARY(dropgrad, m) {
   m.def(
       "meta_dropout_backward(Tensor grad_out, Tensor f, Tensor a, bool deterministic, int seed, "
       "int offset, Tensor? rng_state=None) -> (Tensor, Tensor)");
+}
+
+TORCH_LIBRARY(dropgrad, m) {
+  dg::define_ops(m);
   m.def("cuda_rng_state(Tensor like, int numel) -> Tensor");
 }

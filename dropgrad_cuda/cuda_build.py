@@ -33,13 +33,21 @@ def resource_usage(library=_C.__file__):
 
 
 def _short(mangled):
-    """'..._cu_68921f9028meta_dropout_backward_kernelI13__nv_bfloat16EEv...' -> 'meta_dropout_backward_kernel<__nv_bfloat16>'."""
-    m = re.search(r"([a-z][a-z_]*_kernel)(?:I(\d+)?([A-Za-z_]\w*?)E)?", mangled)
-    if not m:
-        return mangled
-    name, ty = m.group(1), m.group(3)
-    types = {"f": "float", "d": "double"}
-    return f"{name}<{types.get(ty, ty)}>" if ty else name
+    """'_ZN7dg_cuda3runINS_7kernels28meta_dropout_backward_kernelI13__nv_bfloat16EEEvT_' ->
+    'meta_dropout_backward_kernel<__nv_bfloat16>': the length-prefixed name ending in _kernel and
+    its template argument, if any."""
+    for m in re.finditer(r"\d+", mangled):
+        end = m.end() + int(m.group())
+        name = mangled[m.end():end]
+        if not re.fullmatch(r"[a-z]\w*_kernel", name):
+            continue
+        rest = mangled[end:]
+        if t := re.match(r"I([fd])E", rest):
+            return f"{name}<{ {'f': 'float', 'd': 'double'}[t.group(1)]}>"
+        if t := re.match(r"I(\d+)", rest):
+            return f"{name}<{rest[t.end():t.end() + int(t.group(1))]}>"
+        return name
+    return mangled
 
 
 def main():

@@ -12,7 +12,7 @@ from torch._functorch import pyfunctorch
 from . import _autograd, reference
 from .reference import MODES
 
-BACKENDS = ("auto", "cpu", "cuda", "triton", "reference")
+BACKENDS = ("auto", "cpu", "cuda", "triton", "cuda-emulated", "reference")
 # The ops of csrc/ops.cpp, each with a kernel on every backend.
 OP_NAMES = ("philox4x32_10", "noise", "drop_grad", "dropgrad_update", "dropgrad_step", "meta_dropout",
             "meta_dropout_backward")
@@ -28,6 +28,24 @@ _CUDA_KERNELS = torch._C._dispatch_has_kernel_for_dispatch_key("dropgrad::drop_g
 
 def cuda_kernels_built():
     return _CUDA_KERNELS
+
+
+def _has_namespace(ns):
+    try:
+        return torch._C._dispatch_has_kernel_for_dispatch_key(f"{ns}::drop_grad", "CPU")
+    except RuntimeError:  # no such op: the library was built without it
+        return False
+
+
+# The CUDA kernels' source compiled for the host (csrc/emulated), present wherever the build found
+# the CUDA headers; a test and debugging backend.
+_EMULATED = _has_namespace("dropgrad_emulated")
+if _EMULATED:
+    _autograd.register(torch.ops.dropgrad_emulated, "dropgrad_emulated")
+
+
+def cuda_emulator_built():
+    return _EMULATED
 
 
 def _triton_ops():
@@ -52,6 +70,13 @@ def _kernels(backend, device):
             raise RuntimeError(f"no dropgrad_cuda backend runs on device {device}")
     if backend == "reference":
         return reference
+    if backend == "cuda-emulated":
+        if device.type != "cpu":
+            raise RuntimeError(f"backend='cuda-emulated' runs the CUDA kernels on CPU tensors, got tensors on {device}")
+        if not cuda_emulator_built():
+            raise RuntimeError("backend='cuda-emulated' is unavailable: dropgrad_cuda was built without the CUDA "
+                               "headers (cuda_fp16.h)")
+        return torch.ops.dropgrad_emulated
     if backend == "cpu":
         if device.type != "cpu":
             raise RuntimeError(f"backend='cpu' needs CPU tensors, got tensors on {device}")

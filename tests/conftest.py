@@ -6,6 +6,10 @@ import torch
 import dropgrad_cuda as dg
 
 
+needs_emulator = pytest.mark.skipif(not dg.cuda_emulator_built(),
+                                    reason="built without the CUDA headers (cuda_fp16.h): no cuda-emulated backend")
+
+
 def _backends():
     """(backend, device) pairs of the kernel backends; those this machine cannot run are reported as skipped."""
     gpu = torch.cuda.is_available()
@@ -16,6 +20,7 @@ def _backends():
         pytest.param(("triton", "cuda"), id="triton-cuda", marks=pytest.mark.skipif(not gpu, reason="needs a CUDA GPU")),
         pytest.param(("cuda", "cuda"), id="cuda", marks=pytest.mark.skipif(
             not (gpu and dg.cuda_kernels_built()), reason="needs a CUDA GPU and the CUDA kernels")),
+        pytest.param(("cuda-emulated", "cpu"), id="cuda-emulated", marks=needs_emulator),
     ]
 
 

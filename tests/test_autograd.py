@@ -156,7 +156,7 @@ def test_second_order_maml_meta_gradient_equals_reference(backend, mode):
 def test_rng_state_replaces_the_seed_and_adds_its_offset(backend):
     """The device-side stream (csrc/ops.cpp: rng_state) reaches every kernel and every backward."""
     name, device = backend
-    ns = torch.ops.dropgrad if name in ("cpu", "cuda") else dg.ops._triton_ops()
+    ns = dg.ops._kernels(name, torch.device(device))
     state = torch.tensor([2**40 + 1, 8], device=device)
     w, g, f = (f64(37, seed=i, device=device) for i in range(3))
     lr = f64(seed=4, device=device)

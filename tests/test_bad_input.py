@@ -3,6 +3,7 @@ import pytest
 import torch
 
 import dropgrad_cuda as dg
+from conftest import needs_emulator
 
 W = torch.randn(4, 3)
 G = torch.randn(4, 3)
@@ -17,6 +18,8 @@ G = torch.randn(4, 3)
     (lambda: dg.drop_grad(G, 0.1, "uniform"), ValueError, "mode must be"),
     (lambda: dg.drop_grad(G, 0.1, backend="tpu"), ValueError, "backend must be one of"),
     (lambda: dg.drop_grad(G, 0.1, backend="cuda"), RuntimeError, "backend='cuda' needs CUDA tensors"),
+    (lambda: dg.drop_grad(torch.empty(3, device="meta"), 0.1, backend="cuda-emulated"), RuntimeError,
+     "backend='cuda-emulated' runs the CUDA kernels on CPU tensors"),
     (lambda: dg.drop_grad(torch.ones(3, dtype=torch.int32), 0.1), TypeError, "grad must be float16"),
     (lambda: dg.drop_grad(torch.ones(3, dtype=torch.bool), 0.1), TypeError, "grad must be float16"),
     (lambda: dg.drop_grad([1.0, 2.0], 0.1), TypeError, "grad must be a torch.Tensor"),
@@ -92,3 +95,24 @@ def test_cuda_backend_without_kernels_or_gpu():
 def test_raw_op_rejects_mismatched_shapes_without_crashing():
     with pytest.raises(RuntimeError, match="same shape"):
         torch.ops.dropgrad.dropgrad_update(W, torch.randn(5), None, 0.1, 0.1, 2, 1, 0)
+
+
+@pytest.mark.parametrize("ns", [pytest.param("dropgrad", id="cpu"),
+                                pytest.param("dropgrad_emulated", id="cuda-emulated", marks=needs_emulator)])
+@pytest.mark.parametrize("call,match", [
+    (lambda ns: ns.dropgrad_update(W, torch.randn(5), None, 0.1, 0.1, 2, 1, 0), "same shape"),
+    (lambda ns: ns.drop_grad(torch.ones(3, dtype=torch.int32), 0.1, 2, 1, 0), "float"),
+    (lambda ns: ns.dropgrad_step([W, W], [G], [], 0.1, 0.1, 2, 1, 0), "length"),
+    (lambda ns: ns.dropgrad_step([W], [G.double()], [], 0.1, 0.1, 2, 1, 0), r"params\[0\] and grads\[0\]"),
+    (lambda ns: ns.dropgrad_update(W, G, torch.ones(2, 2), 0.1, 0.1, 2, 1, 0), "lr must"),
+    (lambda ns: ns.meta_dropout(W, torch.randn(4), False, 1, 0), "same shape"),
+    (lambda ns: ns.meta_dropout_backward(torch.randn(4), W, W, False, 1, 0), "same shape"),
+    (lambda ns: ns.philox4x32_10(torch.zeros(3, 5, dtype=torch.int64), torch.zeros(3, 2, dtype=torch.int64)),
+     r"counter must have shape \(\.\.\., 4\)"),
+    (lambda ns: ns.drop_grad(G, 0.1, 2, 1, 0, torch.tensor([1.0, 2.0])), "rng_state must be"),
+])
+def test_raw_kernel_ops_refuse_bad_input(ns, call, match):
+    """The kernels' own host code (csrc/cpu; csrc/cuda/host_ops.h, run here by the emulator) checks
+    what the Python layer does not reach."""
+    with pytest.raises(RuntimeError, match=match):
+        call(getattr(torch.ops, ns))

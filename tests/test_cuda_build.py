@@ -27,7 +27,12 @@ def test_library_holds_sm80_and_sm90_code_without_spills():
     kernels = {k for _, k, *_ in rows}
     for arch in ("sm_80", "sm_90"):
         assert {k for a, k, *_ in rows if a == arch} == kernels
-    assert len(kernels) == 23  # 5 kernels x 4 dtypes, plus noise, philox and the generator-state unpack
+    # One kernel an op, named after it (csrc/cuda/kernels.cuh), per dtype where the op takes one,
+    # plus the generator-state unpack.
+    typed = ("drop_grad", "dropgrad_update", "dropgrad_step", "meta_dropout", "meta_dropout_backward")
+    dtypes = ("float", "double", "__half", "__nv_bfloat16")
+    assert kernels == ({f"{op}_kernel<{t}>" for op in typed for t in dtypes}
+                       | {"noise_kernel", "philox4x32_10_kernel", "unpack_kernel"})
     assert all(stack == 0 and local == 0 for *_, stack, local in rows)
 
 

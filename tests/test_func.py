@@ -167,7 +167,7 @@ class CountOps(TorchDispatchMode):
         self.calls = []
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        if func.namespace in ("dropgrad", "dropgrad_triton"):
+        if func.namespace in ("dropgrad", "dropgrad_triton", "dropgrad_emulated"):
             self.calls.append(func._opname)
         return func(*args, **(kwargs or {}))
 

@@ -8,6 +8,7 @@ import pytest
 import torch
 
 import dropgrad_cuda as dg
+from conftest import needs_emulator
 
 OPS = dg.ops.OP_NAMES
 
@@ -38,6 +39,7 @@ def namespaces():
     yield pytest.param("dropgrad", id="cpp")
     yield pytest.param("dropgrad_triton", id="triton-interpreter", marks=pytest.mark.skipif(
         os.environ.get("TRITON_INTERPRET") != "1", reason="needs TRITON_INTERPRET=1"))
+    yield pytest.param("dropgrad_emulated", id="cuda-emulated", marks=needs_emulator)
 
 
 @pytest.mark.parametrize("namespace", list(namespaces()))

@@ -1,0 +1,203 @@
+// The host side of the dropgrad:: ops' CUDA kernels: tensor checks, layouts, learning rates and
+// the multi-tensor grouping, then the launch plans of kernels.cuh. Written once over a device
+// policy D, so the GPU build (dropgrad_cuda_ops.cpp) and the CPU emulator (csrc/emulated) run the
+// same host code; D gives the device type, a device guard and the launcher.
+#pragma once
+#include <ATen/ATen.h>
+#include <torch/library.h>
+
+#include <tuple>
+#include <vector>
+
+#include "launchers.h"
+
+namespace dg_cuda {
+namespace host {
+
+using OptTensor = c10::optional<at::Tensor>;
+
+inline DType dtype_of(const at::Tensor& t) {
+  switch (t.scalar_type()) {
+    case at::kFloat: return DType::kFloat;
+    case at::kDouble: return DType::kDouble;
+    case at::kHalf: return DType::kHalf;
+    case at::kBFloat16: return DType::kBFloat16;
+    default: TORCH_CHECK(false, "dropgrad CUDA kernels take float16, bfloat16, float32 or float64, got ", t.scalar_type());
+  }
+}
+
+inline at::ScalarType opmath(at::ScalarType t) { return t == at::kDouble ? at::kDouble : at::kFloat; }
+
+template <class D>
+void check(const at::Tensor& t, const char* name) {
+  TORCH_CHECK(t.device().type() == D::kDevice, name, " must be a ", c10::DeviceTypeName(D::kDevice), " tensor");
+  dtype_of(t);
+}
+
+template <class D>
+void check_long(const at::Tensor& t, const char* name) {
+  TORCH_CHECK(t.device().type() == D::kDevice && t.scalar_type() == at::kLong, name, " must be a ",
+              c10::DeviceTypeName(D::kDevice), " int64 tensor");
+}
+
+inline Rng rng(double p, int64_t mode, int64_t seed, const OptTensor& rng_state, const at::Tensor& like) {
+  const int64_t* state = nullptr;
+  if (rng_state.has_value() && rng_state->defined()) {
+    TORCH_CHECK(rng_state->scalar_type() == at::kLong && rng_state->numel() == 2 && rng_state->is_contiguous() &&
+                    rng_state->device() == like.device(),
+                "rng_state must be a contiguous int64 tensor [seed, offset] on ", like.device());
+    state = rng_state->data_ptr<int64_t>();
+  }
+  return {dg::make_stream(p, mode, seed), state};
+}
+
+// A tensor lr stays on the device (no host sync): a full one in the param's dtype, a one-element
+// one converted to the op-math type; `keep` holds the converted tensor alive until the launch.
+inline LearningRate learning_rate(const OptTensor& lr_tensor, double lr, const at::Tensor& param, at::Tensor& keep) {
+  if (!lr_tensor.has_value() || !lr_tensor->defined()) return {nullptr, nullptr, lr};
+  if (lr_tensor->dim() > 0 && lr_tensor->numel() != 1) {  // full shape (an empty one too)
+    TORCH_CHECK(lr_tensor->sizes() == param.sizes() && lr_tensor->scalar_type() == param.scalar_type(),
+                "a full-shape lr must have param's shape and dtype");
+    keep = lr_tensor->contiguous();
+    return {keep.data_ptr(), nullptr, 0.0};
+  }
+  keep = lr_tensor->reshape({}).to(param.device(), opmath(param.scalar_type())).contiguous();
+  return {nullptr, keep.data_ptr(), 0.0};
+}
+
+template <class D>
+at::Tensor philox4x32_10(const at::Tensor& counter, const at::Tensor& key) {
+  check_long<D>(counter, "counter");
+  check_long<D>(key, "key");
+  TORCH_CHECK(counter.dim() >= 1 && counter.size(-1) == 4, "counter must have shape (..., 4)");
+  TORCH_CHECK(key.dim() >= 1 && key.size(-1) == 2, "key must have shape (..., 2)");
+  TORCH_CHECK(key.numel() / 2 == counter.numel() / 4, "key must hold one (k0, k1) pair per counter");
+  const typename D::Guard guard(counter.device());
+  const at::Tensor c = counter.contiguous(), k = key.contiguous();
+  at::Tensor out = at::empty_like(c);
+  dg_cuda::philox4x32_10(D::launch(), c.data_ptr<int64_t>(), k.data_ptr<int64_t>(), out.data_ptr<int64_t>(),
+                         c.numel() / 4);
+  return out;
+}
+
+template <class D>
+at::Tensor noise(const at::Tensor& like, double p, int64_t mode, int64_t seed, int64_t offset,
+                 const OptTensor& rng_state) {
+  TORCH_CHECK(like.device().type() == D::kDevice, "like must be a ", c10::DeviceTypeName(D::kDevice), " tensor");
+  const typename D::Guard guard(like.device());
+  at::Tensor out = at::empty(like.sizes(), like.options().dtype(at::kFloat).memory_format(at::MemoryFormat::Contiguous));
+  dg_cuda::noise(D::launch(), out.data_ptr<float>(), out.numel(), rng(p, mode, seed, rng_state, like), offset / 4);
+  return out;
+}
+
+template <class D>
+at::Tensor drop_grad(const at::Tensor& grad, double p, int64_t mode, int64_t seed, int64_t offset,
+                     const OptTensor& rng_state) {
+  check<D>(grad, "grad");
+  const typename D::Guard guard(grad.device());
+  const at::Tensor g = grad.contiguous();
+  at::Tensor out = at::empty_like(g);
+  dg_cuda::drop_grad(D::launch(), dtype_of(g), g.data_ptr(), out.data_ptr(), g.numel(),
+                     rng(p, mode, seed, rng_state, g), offset / 4);
+  return out;
+}
+
+template <class D>
+at::Tensor dropgrad_update(const at::Tensor& param, const at::Tensor& grad, const OptTensor& lr_tensor, double lr,
+                           double p, int64_t mode, int64_t seed, int64_t offset, const OptTensor& rng_state) {
+  check<D>(param, "param");
+  TORCH_CHECK(param.sizes() == grad.sizes() && param.scalar_type() == grad.scalar_type() &&
+                  grad.device() == param.device(),
+              "param and grad must have the same shape, dtype and device");
+  const typename D::Guard guard(param.device());
+  const at::Tensor w = param.contiguous(), g = grad.contiguous();
+  at::Tensor keep;
+  const LearningRate l = learning_rate(lr_tensor, lr, w, keep);
+  at::Tensor out = at::empty_like(w);
+  dg_cuda::dropgrad_update(D::launch(), dtype_of(w), w.data_ptr(), g.data_ptr(), l, out.data_ptr(), w.numel(),
+                           rng(p, mode, seed, rng_state, w), offset / 4);
+  return out;
+}
+
+// One multi-tensor launch sequence per dtype present; tensor k's stream starts where tensor
+// k-1's ends, rounded up to a multiple of 4 (as on every backend).
+template <class D>
+std::vector<at::Tensor> dropgrad_step(at::TensorList params, at::TensorList grads, at::TensorList lrs, double lr,
+                                      double p, int64_t mode, int64_t seed, int64_t offset,
+                                      const OptTensor& rng_state) {
+  const size_t nt = params.size();
+  TORCH_CHECK(grads.size() == nt && (lrs.empty() || lrs.size() == nt), "params, grads and lrs must match in length");
+  std::vector<at::Tensor> ws(nt), gs(nt), outs(nt), keep(nt);
+  std::vector<StepTensor> by_dtype[4];
+  int64_t q = offset / 4;
+  for (size_t k = 0; k < nt; ++k) {
+    check<D>(params[k], "params");
+    TORCH_CHECK(params[k].sizes() == grads[k].sizes() && params[k].scalar_type() == grads[k].scalar_type() &&
+                    params[k].device() == params[0].device() && grads[k].device() == params[0].device(),
+                "params[", k, "] and grads[", k, "] must have the same shape, dtype and device");
+    ws[k] = params[k].contiguous();
+    gs[k] = grads[k].contiguous();
+    outs[k] = at::empty_like(ws[k]);
+    const auto l = learning_rate(lrs.empty() ? OptTensor() : OptTensor(lrs[k]), lr, ws[k], keep[k]);
+    by_dtype[static_cast<int>(dtype_of(ws[k]))].push_back({ws[k].data_ptr(), gs[k].data_ptr(), outs[k].data_ptr(), l,
+                                                           ws[k].numel(), q});
+    q += (ws[k].numel() + 3) / 4;
+  }
+  if (nt == 0) return outs;
+  const typename D::Guard guard(params[0].device());
+  const Rng r = rng(p, mode, seed, rng_state, params[0]);
+  for (int d = 0; d < 4; ++d) {
+    if (!by_dtype[d].empty()) {
+      dg_cuda::dropgrad_step(D::launch(), static_cast<DType>(d), by_dtype[d].data(),
+                             static_cast<int>(by_dtype[d].size()), r);
+    }
+  }
+  return outs;
+}
+
+template <class D>
+at::Tensor meta_dropout(const at::Tensor& f, const at::Tensor& a, bool deterministic, int64_t seed, int64_t offset,
+                        const OptTensor& rng_state) {
+  check<D>(f, "f");
+  TORCH_CHECK(f.sizes() == a.sizes() && f.scalar_type() == a.scalar_type() && a.device() == f.device(),
+              "f and a must have the same shape, dtype and device");
+  const typename D::Guard guard(f.device());
+  const at::Tensor fc = f.contiguous(), ac = a.contiguous();
+  at::Tensor out = at::empty_like(fc);
+  dg_cuda::meta_dropout(D::launch(), dtype_of(fc), fc.data_ptr(), ac.data_ptr(), out.data_ptr(), fc.numel(),
+                        rng(0.0, deterministic ? dg::kNone : dg::kNormal, seed, rng_state, fc), offset / 4);
+  return out;
+}
+
+template <class D>
+std::tuple<at::Tensor, at::Tensor> meta_dropout_backward(const at::Tensor& grad_out, const at::Tensor& f,
+                                                         const at::Tensor& a, bool deterministic, int64_t seed,
+                                                         int64_t offset, const OptTensor& rng_state) {
+  check<D>(f, "f");
+  TORCH_CHECK(grad_out.sizes() == f.sizes() && f.sizes() == a.sizes() && grad_out.device() == f.device() &&
+                  a.device() == f.device(),
+              "grad_out, f and a must have the same shape and device");
+  const typename D::Guard guard(f.device());
+  const at::Tensor g = grad_out.contiguous().to(f.scalar_type()), fc = f.contiguous(), ac = a.contiguous();
+  at::Tensor gf = at::empty_like(fc), ga = at::empty_like(fc);
+  dg_cuda::meta_dropout_backward(D::launch(), dtype_of(fc), g.data_ptr(), fc.data_ptr(), ac.data_ptr(), gf.data_ptr(),
+                                 ga.data_ptr(), fc.numel(),
+                                 rng(0.0, deterministic ? dg::kNone : dg::kNormal, seed, rng_state, fc), offset / 4);
+  return {gf, ga};
+}
+
+}  // namespace host
+
+// Registers the ops above for device policy D into a TORCH_LIBRARY_IMPL block.
+template <class D>
+void register_kernels(torch::Library& m) {
+  m.impl("philox4x32_10", &host::philox4x32_10<D>);
+  m.impl("noise", &host::noise<D>);
+  m.impl("drop_grad", &host::drop_grad<D>);
+  m.impl("dropgrad_update", &host::dropgrad_update<D>);
+  m.impl("dropgrad_step", &host::dropgrad_step<D>);
+  m.impl("meta_dropout", &host::meta_dropout<D>);
+  m.impl("meta_dropout_backward", &host::meta_dropout_backward<D>);
+}
+
+}  // namespace dg_cuda

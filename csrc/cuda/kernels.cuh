@@ -1,0 +1,409 @@
+// The CUDA kernels of the dropgrad:: ops and their launch plans, written once for two compilers:
+// nvcc builds them for the GPU (dropgrad_cuda.cu), g++ for the CPU emulator (csrc/emulated),
+// which runs every launch block by block and thread by thread. A kernel is a functor whose
+// operator() is one thread's work given its index; a launch plan calls `launch(grid, kernel)`.
+// One thread handles one Philox counter, i.e. four consecutive elements (the contract's unit),
+// with 16-byte loads and stores where aligned.
+#pragma once
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+
+#include "launchers.h"
+
+// The emulator checks what the GPU would fault on (a misaligned vector access) and records it;
+// on the GPU the check compiles to nothing.
+#if defined(DG_EMULATOR)
+#define DG_EXPECT_ALIGNED(p, bytes) ::dg_cuda::emulator_check_aligned(p, bytes)
+#else
+#define DG_EXPECT_ALIGNED(p, bytes)
+#endif
+
+namespace dg_cuda {
+
+#if defined(DG_EMULATOR)
+void emulator_check_aligned(const void* p, size_t bytes);
+#endif
+
+namespace kernels {
+
+template <typename T> struct Acc { using type = float; };
+template <> struct Acc<double> { using type = double; };
+
+DG_HD float to_acc(__half v) { return __half2float(v); }
+DG_HD float to_acc(__nv_bfloat16 v) { return __bfloat162float(v); }
+DG_HD float to_acc(float v) { return v; }
+DG_HD double to_acc(double v) { return v; }
+
+template <typename T, typename A> DG_HD T from_acc(A v);
+template <> DG_HD __half from_acc<__half, float>(float v) { return __float2half_rn(v); }
+template <> DG_HD __nv_bfloat16 from_acc<__nv_bfloat16, float>(float v) { return __float2bfloat16_rn(v); }
+template <> DG_HD float from_acc<float, float>(float v) { return v; }
+template <> DG_HD double from_acc<double, double>(double v) { return v; }
+
+DG_HD bool aligned(const void* p, size_t bytes) { return reinterpret_cast<uintptr_t>(p) % bytes == 0; }
+
+// Four consecutive elements starting at a multiple of 4: one vector access when the whole group
+// is in range and the base pointer is aligned to the group (always, for torch's allocations).
+template <typename T>
+struct alignas(4 * sizeof(T)) Group { T v[4]; };
+
+template <typename T>
+DG_HD void load4(const T* p, int64_t i, int64_t n, bool vec, T out[4]) {
+  if (vec && i + 3 < n) {
+    DG_EXPECT_ALIGNED(p + i, sizeof(Group<T>));
+    const Group<T> g = *reinterpret_cast<const Group<T>*>(p + i);
+    for (int k = 0; k < 4; ++k) out[k] = g.v[k];
+  } else {
+    for (int k = 0; k < 4; ++k) out[k] = i + k < n ? p[i + k] : T{};  // T{}: the half types have no T(0) here
+  }
+}
+
+template <typename T>
+DG_HD void store4(T* p, int64_t i, int64_t n, bool vec, const T in[4]) {
+  if (vec && i + 3 < n) {
+    DG_EXPECT_ALIGNED(p + i, sizeof(Group<T>));
+    Group<T> g;
+    for (int k = 0; k < 4; ++k) g.v[k] = in[k];
+    *reinterpret_cast<Group<T>*>(p + i) = g;
+  } else {
+    for (int k = 0; k < 4; ++k) if (i + k < n) p[i + k] = in[k];
+  }
+}
+
+DG_HD void noise_or_ones(const dg::Stream& st, uint64_t q, float n[4]) {
+  if (st.np.mode == dg::kNone) {
+    for (int k = 0; k < 4; ++k) n[k] = 1.0f;
+  } else {
+    dg::noise4(st.np, q, st.k0, st.k1, n);
+  }
+}
+
+// The stream a kernel runs: the host's, or the one read from rng.state (see launchers.h).
+DG_HD dg::Stream resolve(const Rng& rng, int64_t& q0) {
+  dg::Stream st = rng.st;
+  if (rng.state) {
+    const uint64_t seed = static_cast<uint64_t>(rng.state[0]);
+    st.k0 = static_cast<uint32_t>(seed);
+    st.k1 = static_cast<uint32_t>(seed >> 32);
+    q0 += rng.state[1] / 4;
+  }
+  return st;
+}
+
+DG_HD int64_t counters(int64_t n) { return (n + 3) / 4; }
+
+// A grid-stride loop's first item and stride.
+DG_HD int64_t first(const Idx& t) { return t.block * t.threads + t.thread; }
+DG_HD int64_t stride(const Idx& t) { return t.blocks * t.threads; }
+
+struct noise_kernel {
+  float* out;
+  int64_t n;
+  Rng rng;
+  int64_t q0;
+  DG_HD void operator()(const Idx& t) const {
+    int64_t q = q0;
+    const dg::Stream st = resolve(rng, q);
+    const bool vec = aligned(out, 16);
+    for (int64_t j = first(t); j < counters(n); j += stride(t)) {
+      float z[4];
+      noise_or_ones(st, q + j, z);
+      store4(out, 4 * j, n, vec, z);
+    }
+  }
+};
+
+template <typename T>
+struct drop_grad_kernel {
+  const T* grad;
+  T* out;
+  int64_t n;
+  Rng rng;
+  int64_t q0;
+  DG_HD void operator()(const Idx& t) const {
+    using A = typename Acc<T>::type;
+    int64_t q = q0;
+    const dg::Stream st = resolve(rng, q);
+    const bool vec = aligned(grad, 4 * sizeof(T)) && aligned(out, 4 * sizeof(T));
+    for (int64_t j = first(t); j < counters(n); j += stride(t)) {
+      float z[4];
+      T g[4], o[4];
+      noise_or_ones(st, q + j, z);
+      load4(grad, 4 * j, n, vec, g);
+      for (int k = 0; k < 4; ++k) o[k] = from_acc<T, A>(to_acc(g[k]) * static_cast<A>(z[k]));
+      store4(out, 4 * j, n, vec, o);
+    }
+  }
+};
+
+// param - lr * (grad * n) for the counters c0, c0 + step, ... below c1 of one tensor.
+template <typename T>
+DG_HD void update_counters(const T* param, const T* grad, const LearningRate& lr, T* out, int64_t n,
+                           const dg::Stream& st, int64_t q0, int64_t c0, int64_t c1, int64_t step) {
+  using A = typename Acc<T>::type;
+  const T* lr_vec = static_cast<const T*>(lr.lr_vec);
+  const A lr_s = lr.lr_ptr ? *static_cast<const A*>(lr.lr_ptr) : static_cast<A>(lr.lr_value);
+  const size_t b = 4 * sizeof(T);
+  const bool vec = aligned(param, b) && aligned(grad, b) && aligned(out, b) && (!lr_vec || aligned(lr_vec, b));
+  for (int64_t j = c0; j < c1; j += step) {
+    float z[4];
+    T w[4], g[4], l[4], o[4];
+    noise_or_ones(st, q0 + j, z);
+    load4(param, 4 * j, n, vec, w);
+    load4(grad, 4 * j, n, vec, g);
+    if (lr_vec) load4(lr_vec, 4 * j, n, vec, l);
+    for (int k = 0; k < 4; ++k) {
+      const A gn = st.np.mode == dg::kNone ? to_acc(g[k]) : to_acc(g[k]) * static_cast<A>(z[k]);
+      o[k] = from_acc<T, A>(to_acc(w[k]) - (lr_vec ? to_acc(l[k]) : lr_s) * gn);
+    }
+    store4(out, 4 * j, n, vec, o);
+  }
+}
+
+template <typename T>
+struct dropgrad_update_kernel {
+  const T* param;
+  const T* grad;
+  LearningRate lr;
+  T* out;
+  int64_t n;
+  Rng rng;
+  int64_t q0;
+  DG_HD void operator()(const Idx& t) const {
+    int64_t q = q0;
+    const dg::Stream st = resolve(rng, q);
+    update_counters(param, grad, lr, out, n, st, q, first(t), counters(n), stride(t));
+  }
+};
+
+// Multi-tensor apply in the way of apex: up to kListSize tensors and kMaxBlocks chunks of
+// kChunk counters travel in the kernel's argument block; each CUDA block runs one chunk.
+struct StepList {
+  StepTensor t[kListSize];
+  int16_t block_tensor[kMaxBlocks];
+  int32_t block_chunk[kMaxBlocks];
+};
+
+template <typename T>
+struct dropgrad_step_kernel {
+  StepList list;
+  Rng rng;
+  DG_HD void operator()(const Idx& t) const {
+    const StepTensor& s = list.t[list.block_tensor[t.block]];
+    int64_t q = s.q0;
+    const dg::Stream st = resolve(rng, q);
+    const int64_t c0 = static_cast<int64_t>(list.block_chunk[t.block]) * kChunk;
+    const int64_t c1 = c0 + kChunk < counters(s.numel) ? c0 + kChunk : counters(s.numel);
+    update_counters(static_cast<const T*>(s.param), static_cast<const T*>(s.grad), s.lr, static_cast<T*>(s.out),
+                    s.numel, st, q, c0 + t.thread, c1, t.threads);
+  }
+};
+
+template <typename T>
+struct meta_dropout_kernel {
+  const T* f;
+  const T* a;
+  T* out;
+  int64_t n;
+  Rng rng;
+  int64_t q0;
+  DG_HD void operator()(const Idx& t) const {
+    using A = typename Acc<T>::type;
+    int64_t q = q0;
+    const dg::Stream st = resolve(rng, q);
+    const size_t b = 4 * sizeof(T);
+    const bool vec = aligned(f, b) && aligned(a, b) && aligned(out, b);
+    for (int64_t j = first(t); j < counters(n); j += stride(t)) {
+      float eps[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+      T fv[4], av[4], o[4];
+      if (st.np.mode != dg::kNone) dg::noise4(st.np, q + j, st.k0, st.k1, eps);
+      load4(f, 4 * j, n, vec, fv);
+      load4(a, 4 * j, n, vec, av);
+      for (int k = 0; k < 4; ++k) {
+        const A z = st.np.mode != dg::kNone ? to_acc(av[k]) + static_cast<A>(eps[k]) : to_acc(av[k]);
+        o[k] = from_acc<T, A>(to_acc(fv[k]) * dg::softplus(z));
+      }
+      store4(out, 4 * j, n, vec, o);
+    }
+  }
+};
+
+template <typename T>
+struct meta_dropout_backward_kernel {
+  const T* gout;
+  const T* f;
+  const T* a;
+  T* gf;
+  T* ga;
+  int64_t n;
+  Rng rng;
+  int64_t q0;
+  DG_HD void operator()(const Idx& t) const {
+    using A = typename Acc<T>::type;
+    int64_t q = q0;
+    const dg::Stream st = resolve(rng, q);
+    const size_t b = 4 * sizeof(T);
+    const bool vec = aligned(gout, b) && aligned(f, b) && aligned(a, b) && aligned(gf, b) && aligned(ga, b);
+    for (int64_t j = first(t); j < counters(n); j += stride(t)) {
+      float eps[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+      T gv[4], fv[4], av[4], o1[4], o2[4];
+      if (st.np.mode != dg::kNone) dg::noise4(st.np, q + j, st.k0, st.k1, eps);  // regenerated, never saved
+      load4(gout, 4 * j, n, vec, gv);
+      load4(f, 4 * j, n, vec, fv);
+      load4(a, 4 * j, n, vec, av);
+      for (int k = 0; k < 4; ++k) {
+        const A z = st.np.mode != dg::kNone ? to_acc(av[k]) + static_cast<A>(eps[k]) : to_acc(av[k]);
+        o1[k] = from_acc<T, A>(to_acc(gv[k]) * dg::softplus(z));
+        o2[k] = from_acc<T, A>((to_acc(gv[k]) * to_acc(fv[k])) * dg::softplus_grad(z));
+      }
+      store4(gf, 4 * j, n, vec, o1);
+      store4(ga, 4 * j, n, vec, o2);
+    }
+  }
+};
+
+struct philox4x32_10_kernel {
+  const int64_t* counter;
+  const int64_t* key;
+  int64_t* out;
+  int64_t n;
+  DG_HD void operator()(const Idx& t) const {
+    for (int64_t i = first(t); i < n; i += stride(t)) {
+      uint32_t c[4];
+      for (int k = 0; k < 4; ++k) c[k] = static_cast<uint32_t>(counter[4 * i + k]);
+      dg::philox4x32_10(c, static_cast<uint32_t>(key[2 * i]), static_cast<uint32_t>(key[2 * i + 1]));
+      for (int k = 0; k < 4; ++k) out[4 * i + k] = static_cast<int64_t>(c[k]);
+    }
+  }
+};
+
+// Blocks for `items` grid-stride work items: one item a thread, at most the launcher's cap (the
+// grid-stride loops cover the rest).
+inline int64_t blocks_for(int64_t items, int64_t max_blocks) {
+  const int64_t b = (items + kThreads - 1) / kThreads;
+  return b < max_blocks ? (b > 0 ? b : 1) : max_blocks;
+}
+
+template <typename F>
+void dispatch(DType dt, const F& f) {
+  switch (dt) {
+    case DType::kFloat: f(float()); break;
+    case DType::kDouble: f(double()); break;
+    case DType::kHalf: f(__half()); break;
+    case DType::kBFloat16: f(__nv_bfloat16()); break;
+  }
+}
+
+}  // namespace kernels
+
+// ---------------------------------------------------------------- launch plans (launchers.h)
+template <class L>
+void noise(const L& launch, float* out, int64_t n, const Rng& rng, int64_t q0) {
+  if (n == 0) return;
+  launch(kernels::blocks_for(kernels::counters(n), launch.max_blocks), kernels::noise_kernel{out, n, rng, q0});
+}
+
+template <class L>
+void drop_grad(const L& launch, DType dt, const void* grad, void* out, int64_t n, const Rng& rng, int64_t q0) {
+  if (n == 0) return;
+  kernels::dispatch(dt, [&](auto tag) {
+    using T = decltype(tag);
+    launch(kernels::blocks_for(kernels::counters(n), launch.max_blocks),
+           kernels::drop_grad_kernel<T>{static_cast<const T*>(grad), static_cast<T*>(out), n, rng, q0});
+  });
+}
+
+template <class L>
+void dropgrad_update(const L& launch, DType dt, const void* param, const void* grad, const LearningRate& lr, void* out,
+                     int64_t n, const Rng& rng, int64_t q0) {
+  if (n == 0) return;
+  kernels::dispatch(dt, [&](auto tag) {
+    using T = decltype(tag);
+    launch(kernels::blocks_for(kernels::counters(n), launch.max_blocks),
+           kernels::dropgrad_update_kernel<T>{static_cast<const T*>(param), static_cast<const T*>(grad), lr,
+                                              static_cast<T*>(out), n, rng, q0});
+  });
+}
+
+// Fills lists of at most kListSize tensors and kMaxBlocks chunks and launches each when full; a
+// tensor whose chunks outgrow a list continues in the next one.
+template <class L>
+void dropgrad_step(const L& launch, DType dt, const StepTensor* tensors, int count, const Rng& rng) {
+  kernels::dispatch(dt, [&](auto tag) {
+    using T = decltype(tag);
+    kernels::dropgrad_step_kernel<T> k{};
+    k.rng = rng;
+    int nt = 0, nb = 0;
+    auto flush = [&] {
+      if (nb > 0) launch(nb, k);
+      nt = nb = 0;
+    };
+    for (int i = 0; i < count; ++i) {
+      const int64_t chunks = (kernels::counters(tensors[i].numel) + kChunk - 1) / kChunk;
+      bool in_list = false;
+      for (int64_t c = 0; c < chunks; ++c) {
+        if (!in_list) {  // (re)enter tensor i: at its first chunk, or after a flush mid-tensor
+          if (nt == kListSize) flush();
+          k.list.t[nt++] = tensors[i];
+          in_list = true;
+        }
+        k.list.block_tensor[nb] = static_cast<int16_t>(nt - 1);
+        k.list.block_chunk[nb] = static_cast<int32_t>(c);
+        if (++nb == kMaxBlocks) {
+          flush();
+          in_list = false;
+        }
+      }
+    }
+    flush();
+  });
+}
+
+template <class L>
+void meta_dropout(const L& launch, DType dt, const void* f, const void* a, void* out, int64_t n, const Rng& rng,
+                  int64_t q0) {
+  if (n == 0) return;
+  kernels::dispatch(dt, [&](auto tag) {
+    using T = decltype(tag);
+    launch(kernels::blocks_for(kernels::counters(n), launch.max_blocks),
+           kernels::meta_dropout_kernel<T>{static_cast<const T*>(f), static_cast<const T*>(a), static_cast<T*>(out), n,
+                                           rng, q0});
+  });
+}
+
+template <class L>
+void meta_dropout_backward(const L& launch, DType dt, const void* grad_out, const void* f, const void* a, void* gf,
+                           void* ga, int64_t n, const Rng& rng, int64_t q0) {
+  if (n == 0) return;
+  kernels::dispatch(dt, [&](auto tag) {
+    using T = decltype(tag);
+    launch(kernels::blocks_for(kernels::counters(n), launch.max_blocks),
+           kernels::meta_dropout_backward_kernel<T>{static_cast<const T*>(grad_out), static_cast<const T*>(f),
+                                                    static_cast<const T*>(a), static_cast<T*>(gf), static_cast<T*>(ga),
+                                                    n, rng, q0});
+  });
+}
+
+template <class L>
+void philox4x32_10(const L& launch, const int64_t* counter, const int64_t* key, int64_t* out, int64_t n) {
+  if (n == 0) return;
+  launch(kernels::blocks_for(n, launch.max_blocks), kernels::philox4x32_10_kernel{counter, key, out, n});
+}
+
+}  // namespace dg_cuda
+
+// The launch plans for one launcher type, instantiated where that launcher is defined.
+#define DG_INSTANTIATE_LAUNCH_PLANS(L)                                                                               \
+  template void dg_cuda::noise<L>(const L&, float*, int64_t, const dg_cuda::Rng&, int64_t);                          \
+  template void dg_cuda::drop_grad<L>(const L&, dg_cuda::DType, const void*, void*, int64_t, const dg_cuda::Rng&,    \
+                                      int64_t);                                                                      \
+  template void dg_cuda::dropgrad_update<L>(const L&, dg_cuda::DType, const void*, const void*,                      \
+                                            const dg_cuda::LearningRate&, void*, int64_t, const dg_cuda::Rng&,       \
+                                            int64_t);                                                                \
+  template void dg_cuda::dropgrad_step<L>(const L&, dg_cuda::DType, const dg_cuda::StepTensor*, int,                 \
+                                          const dg_cuda::Rng&);                                                      \
+  template void dg_cuda::meta_dropout<L>(const L&, dg_cuda::DType, const void*, const void*, void*, int64_t,         \
+                                         const dg_cuda::Rng&, int64_t);                                              \
+  template void dg_cuda::meta_dropout_backward<L>(const L&, dg_cuda::DType, const void*, const void*, const void*,   \
+                                                  void*, void*, int64_t, const dg_cuda::Rng&, int64_t);              \
+  template void dg_cuda::philox4x32_10<L>(const L&, const int64_t*, const int64_t*, int64_t*, int64_t);
