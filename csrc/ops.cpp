@@ -1,5 +1,6 @@
-// Schemas of the dropgrad:: ops, written once; kernels register per dispatch key in csrc/cpu and
-// csrc/cuda, autograd and fake (meta) implementations in dropgrad_cuda/_autograd.py.
+// Schemas of the dropgrad:: ops, written once (define_ops; the emulated CUDA kernels register the
+// same ops as dropgrad_emulated::); kernels register per dispatch key in csrc/cpu and csrc/cuda,
+// autograd and fake (meta) implementations in dropgrad_cuda/_autograd.py.
 // mode: 0 none, 1 bernoulli, 2 gaussian, 3 normal (raw N(0,1), the meta-dropout epsilon).
 // rng_state: an int64 tensor [seed, offset] on the op's device that, when given, replaces the
 // seed argument and adds its offset to the offset argument, read when the kernel runs;

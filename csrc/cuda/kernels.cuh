@@ -10,18 +10,10 @@
 
 #include "launchers.h"
 
-// The emulator checks what the GPU would fault on (a misaligned vector access) and records it;
-// on the GPU the check compiles to nothing.
-#if defined(DG_EMULATOR)
-#define DG_EXPECT_ALIGNED(p, bytes) ::dg_cuda::emulator_check_aligned(p, bytes)
-#else
-#define DG_EXPECT_ALIGNED(p, bytes)
-#endif
-
 namespace dg_cuda {
 
 #if defined(DG_EMULATOR)
-void emulator_check_aligned(const void* p, size_t bytes);
+void emulator_check_aligned(const void* p, size_t bytes);  // records a misaligned access (csrc/emulated)
 #endif
 
 namespace kernels {
@@ -47,11 +39,34 @@ DG_HD bool aligned(const void* p, size_t bytes) { return reinterpret_cast<uintpt
 template <typename T>
 struct alignas(4 * sizeof(T)) Group { T v[4]; };
 
+// One 4-element vector access. A misaligned one faults on the GPU; the emulator records it (the
+// launch then fails) and reads or writes through memcpy, so the host does not fault first.
+template <typename T>
+DG_HD Group<T> load_group(const T* p) {
+#if defined(DG_EMULATOR)
+  emulator_check_aligned(p, sizeof(Group<T>));
+  Group<T> g;
+  memcpy(&g, p, sizeof(g));
+  return g;
+#else
+  return *reinterpret_cast<const Group<T>*>(p);
+#endif
+}
+
+template <typename T>
+DG_HD void store_group(T* p, const Group<T>& g) {
+#if defined(DG_EMULATOR)
+  emulator_check_aligned(p, sizeof(Group<T>));
+  memcpy(p, &g, sizeof(g));
+#else
+  *reinterpret_cast<Group<T>*>(p) = g;
+#endif
+}
+
 template <typename T>
 DG_HD void load4(const T* p, int64_t i, int64_t n, bool vec, T out[4]) {
   if (vec && i + 3 < n) {
-    DG_EXPECT_ALIGNED(p + i, sizeof(Group<T>));
-    const Group<T> g = *reinterpret_cast<const Group<T>*>(p + i);
+    const Group<T> g = load_group(p + i);
     for (int k = 0; k < 4; ++k) out[k] = g.v[k];
   } else {
     for (int k = 0; k < 4; ++k) out[k] = i + k < n ? p[i + k] : T{};  // T{}: the half types have no T(0) here
@@ -61,10 +76,9 @@ DG_HD void load4(const T* p, int64_t i, int64_t n, bool vec, T out[4]) {
 template <typename T>
 DG_HD void store4(T* p, int64_t i, int64_t n, bool vec, const T in[4]) {
   if (vec && i + 3 < n) {
-    DG_EXPECT_ALIGNED(p + i, sizeof(Group<T>));
     Group<T> g;
     for (int k = 0; k < 4; ++k) g.v[k] = in[k];
-    *reinterpret_cast<Group<T>*>(p + i) = g;
+    store_group(p + i, g);
   } else {
     for (int k = 0; k < 4; ++k) if (i + k < n) p[i + k] = in[k];
   }

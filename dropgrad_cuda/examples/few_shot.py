@@ -30,9 +30,43 @@ from .tasks import TASKS
 
 METHODS = ("none", "dropgrad-binary", "dropgrad-gaussian", "meta-dropout", "cml")
 DROPGRAD_MODE = {"dropgrad-binary": "bernoulli", "dropgrad-gaussian": "gaussian"}
-# Per task: inner lr, inner steps (meta-train and meta-test), meta-iterations of the default run.
+# Per task: inner lr, inner steps (meta-train and meta-test), meta-iterations of the default run,
+# and for classification the task shape and the Conv-4-style backbone (channels, blocks). The
+# image datasets default to MAML's 5-way 1-shot settings (Finn et al. 2017).
 SETTINGS = {"sinusoid": dict(inner_lr=0.01, steps=1, iterations=600),
-            "glyphs": dict(inner_lr=0.1, steps=2, iterations=150)}
+            "glyphs": dict(inner_lr=0.1, steps=2, iterations=150, ways=5, shots=1, queries=5, channels=32, blocks=3),
+            "omniglot": dict(inner_lr=0.4, steps=1, iterations=60000, ways=5, shots=1, queries=15, channels=64,
+                             blocks=4),
+            "mini-imagenet": dict(inner_lr=0.01, steps=5, iterations=60000, ways=5, shots=1, queries=15, channels=32,
+                                  blocks=4)}
+IMAGE_TASKS = ("omniglot", "mini-imagenet")
+
+# --preset: the main experiments of the seed papers, as flag defaults (explicit flags still win).
+# `target` is what the paper reports, for the README; the backbone here is always Conv-4.
+PRESETS = {
+    # DropGrad (Tseng et al. 2020), Table 1, MAML on mini-ImageNet; the published code's defaults
+    # (options.py, methods/maml.py): first-order MAML, 5 inner steps of 0.01, 4 tasks per update,
+    # Adam 1e-3, 400 epochs of 100 tasks (10,000 meta-updates), Gaussian rate 0.1, 600 test tasks.
+    # Its paper's backbone is ResNet-18; this preset uses Conv-4 (32 channels).
+    "dropgrad-mini-imagenet-5w1s": dict(
+        task="mini-imagenet", methods="none,dropgrad-gaussian", ways=5, shots=1, queries=15, steps=5, inner_lr=0.01,
+        meta_lr=1e-3, meta_batch=4, iterations=10000, p=0.1, first_order=True, test_tasks=600,
+        target="MAML 49.61 ± 0.92%, MAML + Gaussian DropGrad 52.35 ± 0.86% (ResNet-18)"),
+    "dropgrad-mini-imagenet-5w5s": dict(
+        task="mini-imagenet", methods="none,dropgrad-gaussian", ways=5, shots=5, queries=15, steps=5, inner_lr=0.01,
+        meta_lr=1e-3, meta_batch=4, iterations=10000, p=0.1, first_order=True, test_tasks=600,
+        target="MAML 65.72 ± 0.77%, MAML + Gaussian DropGrad 69.42 ± 0.73% (ResNet-18)"),
+    # Meta-Dropout (Lee et al. 2020), Table 1 and its run files: second order, 5 inner steps,
+    # 15 queries, Adam with gradient clipping to [-3, 3], 30 noise samples at meta-test, 1000 test tasks.
+    "metadropout-omniglot-20w1s": dict(
+        task="omniglot", methods="none,meta-dropout", ways=20, shots=1, queries=15, steps=5, inner_lr=0.1,
+        meta_lr=1e-3, meta_batch=8, iterations=40000, grad_clip=3.0, mc_test_samples=30, test_tasks=1000,
+        target="MAML 95.23 ± 0.17%, MAML + Meta-Dropout 96.63 ± 0.13%"),
+    "metadropout-mini-imagenet-5w1s": dict(
+        task="mini-imagenet", methods="none,meta-dropout", ways=5, shots=1, queries=15, steps=5, inner_lr=0.01,
+        meta_lr=1e-4, meta_batch=4, iterations=60000, grad_clip=3.0, mc_test_samples=30, test_tasks=1000,
+        target="MAML 49.58 ± 0.65%, MAML + Meta-Dropout 51.93 ± 0.67%"),
+}
 
 
 class MLP(nn.Module):
@@ -52,17 +86,20 @@ class MLP(nn.Module):
 
 
 class ConvNet(nn.Module):
-    """A small Conv-4-style backbone (3 blocks of 32 channels for 16x16 inputs): conv, [meta-dropout],
-    batch norm on batch statistics, ReLU, 2x2 max-pool; then a linear head with logit noise
-    under meta-dropout, as the published code's blocks."""
+    """The Conv-4 backbone of MAML's image experiments (`blocks` blocks of conv 3x3, [meta-dropout],
+    batch norm on batch statistics, ReLU, 2x2 max-pool), then a linear head with logit noise under
+    meta-dropout, as the published code's blocks. The glyphs use 3 blocks of 32 channels."""
 
-    def __init__(self, ways, meta_dropout, channels=32):
+    def __init__(self, ways, meta_dropout, *, in_channels, size, channels, blocks):
         super().__init__()
         wrap = dnn.MetaDropout if meta_dropout else (lambda m: m)
-        self.convs = nn.ModuleList([wrap(nn.Conv2d(c, channels, 3, padding=1)) for c in (1, channels, channels)])
-        self.norms = nn.ModuleList([nn.BatchNorm2d(channels, track_running_stats=False) for _ in range(3)])
-        self.head = nn.Linear(channels * 2 * 2, ways)
-        self.logit_noise = dnn.LogitNoise(channels * 2 * 2) if meta_dropout else None
+        self.convs = nn.ModuleList([wrap(nn.Conv2d(in_channels if i == 0 else channels, channels, 3, padding=1))
+                                    for i in range(blocks)])
+        self.norms = nn.ModuleList([nn.BatchNorm2d(channels, track_running_stats=False) for _ in range(blocks)])
+        self.feature_shape = (channels, size >> blocks, size >> blocks)
+        features = math.prod(self.feature_shape)
+        self.head = nn.Linear(features, ways)
+        self.logit_noise = dnn.LogitNoise(features) if meta_dropout else None
 
     def forward(self, x, return_features=False):
         for conv, norm in zip(self.convs, self.norms):
@@ -74,13 +111,34 @@ class ConvNet(nn.Module):
         return (y, x) if return_features else y
 
 
-def build(task, method):
+def build(task, method, settings):
     md = method == "meta-dropout"
-    model = MLP(md) if task.name == "sinusoid" else ConvNet(task.ways, md)
+    if task.name == "sinusoid":
+        model = MLP(md)
+    else:
+        in_channels, size = (1, 16) if task.name == "glyphs" else (task.channels, task.size)
+        model = ConvNet(task.ways, md, in_channels=in_channels, size=size, channels=settings["channels"],
+                        blocks=settings["blocks"])
     if method == "cml":
-        shape = (40,) if task.name == "sinusoid" else (32, 2, 2)
+        shape = (40,) if task.name == "sinusoid" else model.feature_shape
         dnn.attach_co_learner(model, shape, 1 if task.name == "sinusoid" else task.ways)
     return model
+
+
+def make_task(name, args, settings):
+    if name == "sinusoid":
+        return TASKS[name]()
+    shape = dict(ways=settings["ways"], shots=settings["shots"], queries=settings["queries"])
+    return TASKS[name](args.data_root, **shape) if name in IMAGE_TASKS else TASKS[name](**shape)
+
+
+def task_settings(name, args):
+    """SETTINGS[name] with the command line's overrides."""
+    settings = dict(SETTINGS[name])
+    for key in ("inner_lr", "steps", "iterations", "ways", "shots", "queries"):
+        if getattr(args, key, None) is not None and (key in settings):
+            settings[key] = getattr(args, key)
+    return settings
 
 
 def loss_of(task):
@@ -164,11 +222,11 @@ def all_reduce_grads(model, world):
 
 
 def train(task_name, method, args, rank, world):
-    settings = dict(SETTINGS[task_name])
-    iterations = args.iterations if args.iterations is not None else settings["iterations"]
-    task = TASKS[task_name]()
+    settings = task_settings(task_name, args)
+    iterations = settings["iterations"]
+    task = make_task(task_name, args, settings)
     torch.manual_seed(args.seed)  # the same initial model on every process
-    model = build(task, method).to(args.device)
+    model = build(task, method, settings).to(args.device)
     opt = torch.optim.Adam(model.parameters(), lr=args.meta_lr)
     # Each process draws its own tasks and its own noise (seed=None reads torch's generator).
     torch.manual_seed(args.seed * 1000 + 1 + rank)
@@ -184,6 +242,8 @@ def train(task_name, method, args, rank, world):
         loss.backward()
         if world > 1:
             all_reduce_grads(model, world)
+        if args.grad_clip is not None:  # Meta-Dropout's published code clips to [-3, 3]
+            torch.nn.utils.clip_grad_value_(model.parameters(), args.grad_clip)
         opt.step()
         curve.append(loss.item())
         bar(it, loss.item())
@@ -268,14 +328,26 @@ def _device(text):
 def parse(argv=None):
     """The arguments, every one checked before any work (argparse's own errors, exit status 2)."""
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter)
-    ap.add_argument("--task", choices=("sinusoid", "glyphs", "both"), default="both")
+    ap.add_argument("--preset", choices=sorted(PRESETS),
+                    help="the hyperparameters of a seed paper's experiment (see the README); other flags override")
+    ap.add_argument("--task", choices=("sinusoid", "glyphs", "both") + IMAGE_TASKS, default="both",
+                    help="both = sinusoid and glyphs (generated); omniglot and mini-imagenet need --data-root")
+    ap.add_argument("--data-root", default=None,
+                    help=f"omniglot: {TASKS['omniglot'].LAYOUT};\nmini-imagenet: {TASKS['mini-imagenet'].LAYOUT}")
+    ap.add_argument("--ways", type=_int_at_least(2), default=None, help="classes a task (default: per task)")
+    ap.add_argument("--shots", type=_int_at_least(1), default=None, help="support examples a class")
+    ap.add_argument("--queries", type=_int_at_least(1), default=None, help="query examples a class")
+    ap.add_argument("--steps", type=_int_at_least(1), default=None, help="inner steps (default: per task)")
+    ap.add_argument("--inner-lr", type=float, default=None, help="inner learning rate (default: per task)")
+    ap.add_argument("--grad-clip", type=float, default=None, help="clip meta-gradients to [-v, v] (default: off)")
     ap.add_argument("--methods", default=",".join(METHODS), help=f"comma-separated, of {', '.join(METHODS)}")
     ap.add_argument("--iterations", type=_int_at_least(1), default=None,
                     help="meta-iterations (default: per task, see SETTINGS)")
     ap.add_argument("--meta-batch", type=_int_at_least(1), default=4, help="tasks per meta-update, split over processes")
     ap.add_argument("--p", type=float, default=0.1, help="DropGrad rate (the published default)")
     ap.add_argument("--meta-lr", type=float, default=1e-3)
-    ap.add_argument("--first-order", action="store_true", help="first-order MAML (default: second order)")
+    ap.add_argument("--first-order", action=argparse.BooleanOptionalAction, default=False,
+                    help="first-order MAML (default: second order)")
     ap.add_argument("--vmap", action="store_true",
                     help="adapt the meta-batch under torch.func.vmap (one fused update per inner step for all tasks);\n"
                          "with the glyph net's batch norm, PyTorch's batched batch-norm backward differs from\n"
@@ -288,6 +360,9 @@ def parse(argv=None):
     ap.add_argument("--out", default="results/example", help="folder for results.json and learning_curves.png")
     ap.add_argument("--no-progress", action="store_true")
     args = ap.parse_args(argv)
+    if args.preset:  # the preset's values as defaults, then the command line again on top
+        ap.set_defaults(**{k: v for k, v in PRESETS[args.preset].items() if k != "target"})
+        args = ap.parse_args(argv)
     args.methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     if args.vmap and "cml" in args.methods:
         ap.error("--vmap: cml reads the query features of each task; run it without --vmap")
@@ -300,6 +375,19 @@ def parse(argv=None):
         ap.error(f"--p must be in [0, 1), got {args.p}")
     if not (math.isfinite(args.meta_lr) and args.meta_lr > 0):
         ap.error(f"--meta-lr must be a positive number, got {args.meta_lr}")
+    if args.inner_lr is not None and not (math.isfinite(args.inner_lr) and args.inner_lr > 0):
+        ap.error(f"--inner-lr must be a positive number, got {args.inner_lr}")
+    if args.grad_clip is not None and not (math.isfinite(args.grad_clip) and args.grad_clip > 0):
+        ap.error(f"--grad-clip must be a positive number, got {args.grad_clip}")
+    if args.task in IMAGE_TASKS:
+        if args.data_root is None:
+            ap.error(f"--task {args.task} needs --data-root DIR ({TASKS[args.task].LAYOUT})")
+        try:  # the layout and the task shape, checked now rather than after training starts
+            make_task(args.task, args, task_settings(args.task, args))
+        except (OSError, ValueError) as e:
+            ap.error(f"--data-root {args.data_root!r}: {e}")
+    elif args.data_root is not None:
+        ap.error(f"--data-root is for --task omniglot or mini-imagenet, not {args.task}")
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         ap.error("--device cuda: no CUDA GPU is visible")
     try:  # fail now, not after training

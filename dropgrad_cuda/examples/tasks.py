@@ -1,4 +1,5 @@
-"""Few-shot tasks the package generates itself, so the example needs no download.
+"""Few-shot tasks: two the package generates itself, so the example needs no download, and the
+papers' two image datasets read from a folder the user has.
 
 - Sinusoid regression (MAML, Finn et al. 2017): y = A sin(x - phase), A in [0.1, 5], phase in
   [0, pi], x in [-5, 5].
@@ -6,8 +7,17 @@
   is a fixed set of three strokes (line segments); each example redraws them with jittered end
   points, a random shift and pixel noise, so examples of one class vary like handwriting. Classes
   are split into disjoint meta-train and meta-test alphabets.
+- Omniglot (MAML's protocol): torchvision's layout, `images_background/` and `images_evaluation/`
+  of alphabet/character folders of 105x105 PNGs; 28x28, strokes 1 on 0; the 1623 characters
+  shuffled once (seed 0), 1200 for meta-training and the rest for meta-test; each character
+  rotated by 0, 90, 180 and 270 degrees gives four classes.
+- mini-ImageNet (the Ravi-Larochelle split): `train.csv`, `val.csv`, `test.csv` of
+  `filename,label` rows and an `images/` folder; RGB resized to 84x84, in [0, 1].
+Images are read with PIL when a task first needs their class, then kept.
 """
+import csv
 import math
+import os
 
 import torch
 
@@ -64,4 +74,118 @@ class Glyphs:
         return x[support], labels[support], x[~support], labels[~support]
 
 
-TASKS = {"sinusoid": Sinusoid, "glyphs": Glyphs}
+class _ImageClasses:
+    """N-way K-shot tasks over classes of image files. self.splits maps a split to a list of
+    classes; a class is (list of image paths, quarter turns)."""
+    metric, higher_is_better = "accuracy", True
+    size = channels = None
+
+    def __init__(self, ways, shots, queries):
+        self.ways, self.shots, self.queries = ways, shots, queries
+        self._cache = {}
+        for split, classes in self.splits.items():
+            if len(classes) < ways:
+                raise ValueError(f"{self.name}: the {split} split has {len(classes)} classes, fewer than --ways {ways}")
+            short = min(len(paths) for paths, _ in classes)
+            if short < shots + queries:
+                raise ValueError(f"{self.name}: a {split} class has {short} images, fewer than shots + queries = "
+                                 f"{shots + queries}")
+
+    def _load(self, path):
+        from PIL import Image
+
+        with Image.open(path) as im:
+            im = im.convert("L" if self.channels == 1 else "RGB").resize((self.size, self.size), self.resample)
+            x = torch.frombuffer(bytearray(im.tobytes()), dtype=torch.uint8).float().div_(255)
+        return x.reshape(self.size, self.size, self.channels).permute(2, 0, 1)
+
+    def images(self, paths):
+        """(len(paths), C, size, size), read once."""
+        key = tuple(paths)
+        if key not in self._cache:
+            self._cache[key] = torch.stack([self._load(p) for p in paths])
+        return self._cache[key]
+
+    def sample(self, generator, split="train"):
+        classes = self.splits[split]
+        n = self.shots + self.queries
+        xs, xq = [], []
+        for c in torch.randperm(len(classes), generator=generator)[: self.ways].tolist():
+            paths, turns = classes[c]
+            x = self.images(paths)[torch.randperm(len(paths), generator=generator)[:n]]
+            x = self.transform(torch.rot90(x, turns, dims=(-2, -1)))
+            xs.append(x[: self.shots])
+            xq.append(x[self.shots:])
+        labels = torch.arange(self.ways)
+        return (torch.cat(xs), labels.repeat_interleave(self.shots), torch.cat(xq),
+                labels.repeat_interleave(self.queries))
+
+    def transform(self, x):
+        return x
+
+
+def _need(path, what):
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"{path} is missing: {what}")
+
+
+class Omniglot(_ImageClasses):
+    name, size, channels = "omniglot", 28, 1
+    LAYOUT = ("torchvision's Omniglot layout: images_background/ and images_evaluation/, each of "
+              "alphabet/character/ folders of PNGs")
+    TRAIN_CHARACTERS = 1200  # of 1623
+
+    def __init__(self, root, ways=5, shots=1, queries=15):
+        from PIL import Image
+
+        self.resample = Image.LANCZOS
+        if os.path.isdir(os.path.join(root, "omniglot-py")):  # torchvision's download folder
+            root = os.path.join(root, "omniglot-py")
+        characters = []
+        for part in ("images_background", "images_evaluation"):
+            top = os.path.join(root, part)
+            _need(top, self.LAYOUT)
+            for alphabet in sorted(os.listdir(top)):
+                for char in sorted(os.listdir(os.path.join(top, alphabet))):
+                    folder = os.path.join(top, alphabet, char)
+                    pngs = sorted(f for f in os.listdir(folder) if f.endswith(".png"))
+                    if pngs:
+                        characters.append([os.path.join(folder, f) for f in pngs])
+        if not characters:
+            raise FileNotFoundError(f"{root}: no PNG images found ({self.LAYOUT})")
+        order = torch.randperm(len(characters), generator=torch.Generator().manual_seed(0)).tolist()
+        # The full dataset splits 1200 / 423; a partial one in the same proportion.
+        n_train = self.TRAIN_CHARACTERS if len(characters) >= 1623 else round(len(characters) * 1200 / 1623)
+        split = {"train": order[:n_train], "test": order[n_train:]}
+        self.splits = {s: [(characters[i], k) for i in idx for k in range(4)] for s, idx in split.items()}
+        super().__init__(ways, shots, queries)
+
+    def transform(self, x):
+        return 1.0 - x  # Omniglot draws black strokes on white
+
+
+class MiniImageNet(_ImageClasses):
+    name, size, channels = "mini-imagenet", 84, 3
+    LAYOUT = "the Ravi-Larochelle split: train.csv, val.csv, test.csv (filename,label rows) and images/"
+
+    def __init__(self, root, ways=5, shots=1, queries=15):
+        from PIL import Image
+
+        self.resample = Image.BILINEAR
+        self.splits = {}
+        for split in ("train", "test"):
+            path = os.path.join(root, f"{split}.csv")
+            _need(path, self.LAYOUT)
+            by_label = {}
+            with open(path, newline="") as fh:
+                for row in csv.DictReader(fh):
+                    if "filename" not in row or "label" not in row:
+                        raise ValueError(f"{path}: expected a header 'filename,label' ({self.LAYOUT})")
+                    image = os.path.join(root, "images", row["filename"])
+                    _need(image, f"listed in {path}")
+                    by_label.setdefault(row["label"], []).append(image)
+            self.splits[split] = [(paths, 0) for _, paths in sorted(by_label.items())]
+        super().__init__(ways, shots, queries)
+
+
+TASKS = {"sinusoid": Sinusoid, "glyphs": Glyphs, "omniglot": Omniglot, "mini-imagenet": MiniImageNet}
