@@ -86,5 +86,8 @@ setup(
     ext_modules=[extension()],
     cmdclass={"build_ext": cpp_extension.BuildExtension},
     python_requires=">=3.10",
-    install_requires=["torch==2.14.1"],
+    # The releases the package is tested with (scripts/compat.sh; the README's table). The C++
+    # extension links against the torch it is built with: build with --no-build-isolation.
+    install_requires=["torch>=2.13,<2.16"],
+    extras_require={"examples": ["matplotlib", "tqdm", "pillow"], "higher": ["higher"], "interpreter": ["numpy"]},
 )

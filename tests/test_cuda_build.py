@@ -42,3 +42,20 @@ def test_cpu_only_build_says_why():
                          timeout=120)
     assert run.returncode == 0, run.stderr
     assert "dropgrad_cuda: building the CPU kernels only (DROPGRAD_NO_CUDA=1)" in run.stdout
+
+
+def test_the_wheel_carries_every_subpackage(tmp_path):
+    """setup.py finds the packages rather than listing them (a wheel once lacked integrations/ and
+    examples/). The full check, a wheel installed into a fresh venv, is `bash scripts/compat.sh wheel`."""
+    env = dict(os.environ, DROPGRAD_NO_CUDA="1")
+    run = subprocess.run([sys.executable, "setup.py", "-q", "egg_info", "--egg-base", str(tmp_path)], cwd=ROOT, env=env,
+                         capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr
+    sources = (tmp_path / "dropgrad_cuda.egg-info" / "SOURCES.txt").read_text().split()
+    packages = [os.path.relpath(d, ROOT) for top in ("dropgrad_cuda", "triton_kernels")
+                for d, _, files in os.walk(os.path.join(ROOT, top)) if "__init__.py" in files]
+    assert len(packages) >= 4
+    for pkg in packages:
+        assert f"{pkg}/__init__.py" in sources, pkg
+    requires = (tmp_path / "dropgrad_cuda.egg-info" / "requires.txt").read_text().splitlines()
+    assert requires[0] == "torch<2.16,>=2.13"  # a range: the user's torch stays

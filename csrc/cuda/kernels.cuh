@@ -110,20 +110,26 @@ DG_HD int64_t counters(int64_t n) { return (n + 3) / 4; }
 DG_HD int64_t first(const Idx& t) { return t.block * t.threads + t.thread; }
 DG_HD int64_t stride(const Idx& t) { return t.blocks * t.threads; }
 
+// body(stream, counter, first element) for each counter of [0, ceil(n / 4)) this thread owns in a
+// grid-stride loop, on the stream of `rng` (see resolve).
+template <typename F>
+DG_HD void for_each_counter(const Idx& t, int64_t n, const Rng& rng, int64_t q0, const F& body) {
+  const dg::Stream st = resolve(rng, q0);
+  for (int64_t j = first(t); j < counters(n); j += stride(t)) body(st, q0 + j, 4 * j);
+}
+
 struct noise_kernel {
   float* out;
   int64_t n;
   Rng rng;
   int64_t q0;
   DG_HD void operator()(const Idx& t) const {
-    int64_t q = q0;
-    const dg::Stream st = resolve(rng, q);
     const bool vec = aligned(out, 16);
-    for (int64_t j = first(t); j < counters(n); j += stride(t)) {
+    for_each_counter(t, n, rng, q0, [&](const dg::Stream& st, int64_t q, int64_t i) {
       float z[4];
-      noise_or_ones(st, q + j, z);
-      store4(out, 4 * j, n, vec, z);
-    }
+      noise_or_ones(st, q, z);
+      store4(out, i, n, vec, z);
+    });
   }
 };
 
@@ -136,17 +142,15 @@ struct drop_grad_kernel {
   int64_t q0;
   DG_HD void operator()(const Idx& t) const {
     using A = typename Acc<T>::type;
-    int64_t q = q0;
-    const dg::Stream st = resolve(rng, q);
     const bool vec = aligned(grad, 4 * sizeof(T)) && aligned(out, 4 * sizeof(T));
-    for (int64_t j = first(t); j < counters(n); j += stride(t)) {
+    for_each_counter(t, n, rng, q0, [&](const dg::Stream& st, int64_t q, int64_t i) {
       float z[4];
       T g[4], o[4];
-      noise_or_ones(st, q + j, z);
-      load4(grad, 4 * j, n, vec, g);
+      noise_or_ones(st, q, z);
+      load4(grad, i, n, vec, g);
       for (int k = 0; k < 4; ++k) o[k] = from_acc<T, A>(to_acc(g[k]) * static_cast<A>(z[k]));
-      store4(out, 4 * j, n, vec, o);
-    }
+      store4(out, i, n, vec, o);
+    });
   }
 };
 
@@ -213,6 +217,15 @@ struct dropgrad_step_kernel {
   }
 };
 
+// softplus's argument a + eps of counter q's four elements (eps = 0 when deterministic; the noise is
+// regenerated in backward, never saved).
+template <typename T, typename A>
+DG_HD void meta_z(const dg::Stream& st, uint64_t q, const T a[4], A z[4]) {
+  float eps[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+  if (st.np.mode != dg::kNone) dg::noise4(st.np, q, st.k0, st.k1, eps);
+  for (int k = 0; k < 4; ++k) z[k] = st.np.mode != dg::kNone ? to_acc(a[k]) + static_cast<A>(eps[k]) : to_acc(a[k]);
+}
+
 template <typename T>
 struct meta_dropout_kernel {
   const T* f;
@@ -223,22 +236,17 @@ struct meta_dropout_kernel {
   int64_t q0;
   DG_HD void operator()(const Idx& t) const {
     using A = typename Acc<T>::type;
-    int64_t q = q0;
-    const dg::Stream st = resolve(rng, q);
     const size_t b = 4 * sizeof(T);
     const bool vec = aligned(f, b) && aligned(a, b) && aligned(out, b);
-    for (int64_t j = first(t); j < counters(n); j += stride(t)) {
-      float eps[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+    for_each_counter(t, n, rng, q0, [&](const dg::Stream& st, int64_t q, int64_t i) {
       T fv[4], av[4], o[4];
-      if (st.np.mode != dg::kNone) dg::noise4(st.np, q + j, st.k0, st.k1, eps);
-      load4(f, 4 * j, n, vec, fv);
-      load4(a, 4 * j, n, vec, av);
-      for (int k = 0; k < 4; ++k) {
-        const A z = st.np.mode != dg::kNone ? to_acc(av[k]) + static_cast<A>(eps[k]) : to_acc(av[k]);
-        o[k] = from_acc<T, A>(to_acc(fv[k]) * dg::softplus(z));
-      }
-      store4(out, 4 * j, n, vec, o);
-    }
+      A z[4];
+      load4(f, i, n, vec, fv);
+      load4(a, i, n, vec, av);
+      meta_z(st, q, av, z);
+      for (int k = 0; k < 4; ++k) o[k] = from_acc<T, A>(to_acc(fv[k]) * dg::softplus(z[k]));
+      store4(out, i, n, vec, o);
+    });
   }
 };
 
@@ -254,25 +262,22 @@ struct meta_dropout_backward_kernel {
   int64_t q0;
   DG_HD void operator()(const Idx& t) const {
     using A = typename Acc<T>::type;
-    int64_t q = q0;
-    const dg::Stream st = resolve(rng, q);
     const size_t b = 4 * sizeof(T);
     const bool vec = aligned(gout, b) && aligned(f, b) && aligned(a, b) && aligned(gf, b) && aligned(ga, b);
-    for (int64_t j = first(t); j < counters(n); j += stride(t)) {
-      float eps[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+    for_each_counter(t, n, rng, q0, [&](const dg::Stream& st, int64_t q, int64_t i) {
       T gv[4], fv[4], av[4], o1[4], o2[4];
-      if (st.np.mode != dg::kNone) dg::noise4(st.np, q + j, st.k0, st.k1, eps);  // regenerated, never saved
-      load4(gout, 4 * j, n, vec, gv);
-      load4(f, 4 * j, n, vec, fv);
-      load4(a, 4 * j, n, vec, av);
+      A z[4];
+      load4(gout, i, n, vec, gv);
+      load4(f, i, n, vec, fv);
+      load4(a, i, n, vec, av);
+      meta_z(st, q, av, z);
       for (int k = 0; k < 4; ++k) {
-        const A z = st.np.mode != dg::kNone ? to_acc(av[k]) + static_cast<A>(eps[k]) : to_acc(av[k]);
-        o1[k] = from_acc<T, A>(to_acc(gv[k]) * dg::softplus(z));
-        o2[k] = from_acc<T, A>((to_acc(gv[k]) * to_acc(fv[k])) * dg::softplus_grad(z));
+        o1[k] = from_acc<T, A>(to_acc(gv[k]) * dg::softplus(z[k]));
+        o2[k] = from_acc<T, A>((to_acc(gv[k]) * to_acc(fv[k])) * dg::softplus_grad(z[k]));
       }
-      store4(gf, 4 * j, n, vec, o1);
-      store4(ga, 4 * j, n, vec, o2);
-    }
+      store4(gf, i, n, vec, o1);
+      store4(ga, i, n, vec, o2);
+    });
   }
 };
 

@@ -259,9 +259,12 @@ def train(task_name, method, args, rank, world):
 
 
 def _progress(total, label, show):
+    try:
+        from tqdm import tqdm
+    except ImportError:  # an optional dependency (pip install dropgrad_cuda[examples])
+        show = False
     if not show:
         return lambda it, loss: None
-    from tqdm import tqdm
     bar = tqdm(total=total, desc=label, file=sys.stderr, leave=True, mininterval=0.5)
 
     def update(it, loss):
@@ -283,7 +286,11 @@ def table(results):
 
 
 def plot(results, path):
-    import matplotlib
+    """The learning curves as a PNG; False without matplotlib (optional: dropgrad_cuda[examples])."""
+    try:
+        import matplotlib
+    except ImportError:
+        return False
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     names = list(dict.fromkeys(r["task"] for r in results))
@@ -301,6 +308,7 @@ def plot(results, path):
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+    return True
 
 
 def _int_at_least(low):
@@ -384,7 +392,7 @@ def parse(argv=None):
             ap.error(f"--task {args.task} needs --data-root DIR ({TASKS[args.task].LAYOUT})")
         try:  # the layout and the task shape, checked now rather than after training starts
             make_task(args.task, args, task_settings(args.task, args))
-        except (OSError, ValueError) as e:
+        except (OSError, ValueError, ImportError) as e:
             ap.error(f"--data-root {args.data_root!r}: {e}")
     elif args.data_root is not None:
         ap.error(f"--data-root is for --task omniglot or mini-imagenet, not {args.task}")
@@ -418,9 +426,10 @@ def main(argv=None):
     if rank == 0:
         with open(os.path.join(args.out, "results.json"), "w") as fh:
             json.dump(dict(args=vars(args), world_size=world, results=results), fh, indent=1)
-        plot(results, os.path.join(args.out, "learning_curves.png"))
+        plotted = plot(results, os.path.join(args.out, "learning_curves.png"))
         print(table(results))
-        print(f"wrote {args.out}/results.json and {args.out}/learning_curves.png")
+        print(f"wrote {args.out}/results.json" + (" and learning_curves.png" if plotted else
+                                                  " (no plot: matplotlib is not installed)"))
 
 
 if __name__ == "__main__":

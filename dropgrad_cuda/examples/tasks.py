@@ -92,9 +92,7 @@ class _ImageClasses:
                                  f"{shots + queries}")
 
     def _load(self, path):
-        from PIL import Image
-
-        with Image.open(path) as im:
+        with _pil().open(path) as im:
             im = im.convert("L" if self.channels == 1 else "RGB").resize((self.size, self.size), self.resample)
             x = torch.frombuffer(bytearray(im.tobytes()), dtype=torch.uint8).float().div_(255)
         return x.reshape(self.size, self.size, self.channels).permute(2, 0, 1)
@@ -124,6 +122,14 @@ class _ImageClasses:
         return x
 
 
+def _pil():
+    try:
+        from PIL import Image
+    except ImportError:
+        raise ImportError("the image datasets are read with Pillow: pip install pillow") from None
+    return Image
+
+
 def _need(path, what):
     if not os.path.exists(path):
         raise FileNotFoundError(f"{path} is missing: {what}")
@@ -136,9 +142,7 @@ class Omniglot(_ImageClasses):
     TRAIN_CHARACTERS = 1200  # of 1623
 
     def __init__(self, root, ways=5, shots=1, queries=15):
-        from PIL import Image
-
-        self.resample = Image.LANCZOS
+        self.resample = _pil().LANCZOS
         if os.path.isdir(os.path.join(root, "omniglot-py")):  # torchvision's download folder
             root = os.path.join(root, "omniglot-py")
         characters = []
@@ -169,9 +173,7 @@ class MiniImageNet(_ImageClasses):
     LAYOUT = "the Ravi-Larochelle split: train.csv, val.csv, test.csv (filename,label rows) and images/"
 
     def __init__(self, root, ways=5, shots=1, queries=15):
-        from PIL import Image
-
-        self.resample = Image.BILINEAR
+        self.resample = _pil().BILINEAR
         self.splits = {}
         for split in ("train", "test"):
             path = os.path.join(root, f"{split}.csv")

@@ -2,7 +2,10 @@
 differentiable twin is registered with ``higher.register_optim`` on import, so
 ``higher.innerloop_ctx(model, DropGradSGD(model.parameters(), lr, p=0.1))`` runs fused noisy updates.
 Needs ``higher`` (pip install higher); nothing else in dropgrad_cuda imports it."""
-import higher
+try:
+    import higher
+except ImportError as e:
+    raise ImportError("dropgrad_cuda.integrations.higher needs the higher package: pip install higher") from e
 import torch
 from torch.optim.sgd import sgd
 
