@@ -42,7 +42,7 @@ def cuda_available_for_build():
 def cuda_headers():
     """The CUDA toolkit's include folder, if it has the headers the cuda-emulated backend compiles
     against (cuda_fp16.h, cuda_bf16.h and cuda_runtime.h, host code only: no GPU, no nvcc)."""
-    home = cpp_extension.CUDA_HOME
+    home = cpp_extension.CUDA_HOME or os.environ.get("CUDA_HOME")  # a CPU-only torch reports no CUDA_HOME
     include = os.path.join(home, "include") if home else ""
     return include if os.path.exists(os.path.join(include, "cuda_fp16.h")) else None
 

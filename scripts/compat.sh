@@ -54,9 +54,7 @@ suite() {  # $1: torch version
   "$venv/bin/python" -c "import torch; print('[torch $v] torch', torch.__version__, 'cuda', torch.version.cuda)"
   source_copy "$src"
   echo "[torch $v] building"
-  (cd "$src" && "$venv/bin/pip" install -q --no-build-isolation --no-deps . 2>&1 | grep -v "is ignored" || true)
-  # Run from the copy's tests against the installed package (the copy's sources carry no build).
-  rm -rf "$src/dropgrad_cuda" "$src/triton_kernels"
+  (cd "$src" && "$venv/bin/pip" install -q --no-build-isolation --no-deps -e . 2>&1 | grep -v "is ignored" || true)
   local interp=""
   "$venv/bin/python" -c "import triton" 2>/dev/null && interp=1
   echo "[torch $v] CPU test suite (Triton interpreter: ${interp:+yes}${interp:-no triton in this torch})"
