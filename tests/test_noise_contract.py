@@ -16,7 +16,7 @@ GAUSS_ULPS_GPU = 4
 
 def kernel_noise(backend, numel, p, mode, seed, offset):
     name, device = backend
-    ns = torch.ops.dropgrad if name in ("cpu", "cuda") else dg.ops._triton_ops()
+    ns = dg.ops._kernels(name, torch.device(device))
     return ns.noise(torch.empty(numel, device=device), p, R.MODES[mode], dg.ops._seed(seed), offset).cpu()
 
 
