@@ -57,7 +57,7 @@ suite() {  # $1: torch version
   (cd "$src" && "$venv/bin/pip" install -q --no-build-isolation --no-deps -e . 2>&1 | grep -v "is ignored" || true)
   local interp=""
   "$venv/bin/python" -c "import triton" 2>/dev/null && interp=1
-  echo "[torch $v] CPU test suite (Triton interpreter: ${interp:+yes}${interp:-no triton in this torch})"
+  echo "[torch $v] CPU test suite (Triton interpreter: $([ -n "$interp" ] && echo yes || echo "no triton in this torch"))"
   (cd "$src" && TRITON_INTERPRET=${interp:-0} TRITON_CACHE_DIR="$src/build/triton" \
      TORCHINDUCTOR_CACHE_DIR="$src/build/inductor" "$venv/bin/pytest" -q -p no:cacheprovider ${COMPAT_PYTEST_ARGS:-})
 }

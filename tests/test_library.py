@@ -4,6 +4,7 @@ import importlib.util
 import os
 import subprocess
 import sys
+import warnings
 
 import pytest
 import torch
@@ -93,17 +94,25 @@ def test_compile_with_seed_none_on_cuda_draws_fresh_noise():
 @pytest.mark.skipif(importlib.util.find_spec("triton") is None, reason="triton is not installed (a CPU-only torch)")
 @pytest.mark.parametrize("arch", [80, 90])
 def test_triton_kernels_compile_ahead_of_time_without_spills(arch):
-    """Every Triton kernel and configuration the host launches, compiled for sm_80/sm_90 with no GPU."""
+    """Every Triton kernel and configuration the host launches, compiled for sm_80/sm_90 with no GPU.
+    Every configuration must compile with any Triton; no spills is the tuning of the Triton that
+    requirements.txt pins, and another Triton's spills (scripts/compat.sh) are reported, not failed."""
+    import triton
+
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     run = subprocess.run([sys.executable, "-m", "dropgrad_cuda.triton_kernels.aot", "--arch", str(arch)],
                          capture_output=True, text=True, env=env, timeout=600)
-    assert run.returncode == 0, run.stdout + run.stderr
     from dropgrad_cuda.triton_kernels.aot import configurations
 
     lines = [l for l in run.stdout.splitlines() if "registers" in l]
-    assert len(lines) == len(list(configurations())) > 100
-    assert all("0 bytes spill stores, 0 bytes spill loads" in l for l in lines)
-    assert f"sm_{arch}: 0 failed or spilled" in run.stdout
+    assert len(lines) == len(list(configurations())) > 100, run.stdout + run.stderr
+    spilled = [l for l in lines if "0 bytes spill stores, 0 bytes spill loads" not in l]
+    with open(os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "requirements.txt")) as fh:
+        pinned = next(l.split("==")[1].strip() for l in fh if l.startswith("triton=="))
+    if triton.__version__ == pinned:
+        assert not spilled and run.returncode == 0 and f"sm_{arch}: 0 failed or spilled" in run.stdout, run.stdout
+    elif spilled:
+        warnings.warn(f"Triton {triton.__version__} (tuned on {pinned}) spills in: " + "; ".join(spilled))
 
 
 # ---------------------------------------------------------------- compile and export with fresh noise

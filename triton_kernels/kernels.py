@@ -94,7 +94,9 @@ def step_kernel(table_ptr, block_tensor_ptr, state_ptr, seed, p, scale, sigma, M
     lr_ptr = tl.load(row + LR)
     full = tl.load(row + LR_IS_FULL) != 0
     # A full-shape lr has the param's dtype; a scalar one was converted to the compute dtype.
-    lr_vec = tl.load(lr_ptr.to(tl.pointer_type(DTYPE)) + idx, mask=mask & full).to(ACC)
+    # The scalar flag broadcast to a block compare first: Triton 3.9's interpreter types a block mask
+    # & a scalar bool as int64 and refuses it as a mask.
+    lr_vec = tl.load(lr_ptr.to(tl.pointer_type(DTYPE)) + idx, mask=mask & ((idx * 0 + full.to(tl.int64)) != 0)).to(ACC)
     lr_one = tl.load(lr_ptr.to(tl.pointer_type(ACC)), mask=~full, other=0.0)
     lr = tl.where(full, lr_vec, lr_one)
     w = tl.load(tl.load(row + PARAM).to(tl.pointer_type(DTYPE)) + idx, mask=mask).to(ACC)
