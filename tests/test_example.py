@@ -32,6 +32,9 @@ def test_example_runs_every_method_and_writes_its_report(tmp_path, capsys):
     (["--meta-batch", "0"], "--meta-batch"), (["--methods", ""], "--methods"), (["--methods", ","], "--methods"),
     (["--device", "mps"], "--device"), (["--device", "nonsense"], "--device"), (["--meta-lr", "0"], "--meta-lr"),
     (["--vmap", "--methods", "cml"], "--vmap"), (["--out", "/proc/no-such-folder"], "--out"),
+    (["--inner-lr", "0"], "--inner-lr"), (["--inner-lr", "nan"], "--inner-lr"), (["--grad-clip", "-1"], "--grad-clip"),
+    (["--ways", "1"], "--ways"), (["--shots", "0"], "--shots"), (["--queries", "0"], "--queries"),
+    (["--steps", "0"], "--steps"), (["--preset", "maml-imagenet"], "--preset"),
 ])
 def test_example_rejects_bad_flags_before_any_work(flags, says, capsys):
     with pytest.raises(SystemExit) as e:
