@@ -116,8 +116,7 @@ def build(task, method, settings):
     if task.name == "sinusoid":
         model = MLP(md)
     else:
-        in_channels, size = (1, 16) if task.name == "glyphs" else (task.channels, task.size)
-        model = ConvNet(task.ways, md, in_channels=in_channels, size=size, channels=settings["channels"],
+        model = ConvNet(task.ways, md, in_channels=task.channels, size=task.size, channels=settings["channels"],
                         blocks=settings["blocks"])
     if method == "cml":
         shape = (40,) if task.name == "sinusoid" else model.feature_shape

@@ -40,6 +40,7 @@ class Sinusoid:
 
 class Glyphs:
     name, metric, higher_is_better = "glyphs", "accuracy", True
+    channels, size = 1, SIZE
 
     def __init__(self, ways=5, shots=1, queries=5, train_classes=400, test_classes=100, seed=0):
         self.ways, self.shots, self.queries = ways, shots, queries
