@@ -29,6 +29,12 @@ void dg::define_ops(torch::Library& m) {
   m.def(
       "dropgrad_step(Tensor[] params, Tensor[] grads, Tensor[] lrs, float lr, float p, int mode, "
       "int seed, int offset, Tensor? rng_state=None) -> Tensor[]");
+  // In place, for optimizers: params -= lr * ((grads + weight_decay * params) * n). Not differentiable.
+  // noise_mode, not mode: torch.compile passes a mutating op's arguments by name to a function
+  // whose own first parameter is `mode` (auto_functionalized).
+  m.def(
+      "dropgrad_step_(Tensor(a!)[] params, Tensor[] grads, Tensor[] lrs, float lr, float weight_decay, float p, "
+      "int noise_mode, int seed, int offset, Tensor? rng_state=None) -> ()");
   m.def(
       "meta_dropout(Tensor f, Tensor a, bool deterministic, int seed, int offset, Tensor? rng_state=None) -> Tensor");
   m.def(

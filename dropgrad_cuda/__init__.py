@@ -4,8 +4,8 @@ import torch  # loads libtorch before the extension that links against it
 
 from . import _C  # noqa: F401  registers the dropgrad:: ops and their CPU (and CUDA) kernels
 from . import reference
-from .ops import (BACKENDS, cuda_emulator_built, cuda_kernels_built, drop_grad, dropgrad_step, dropgrad_update,
-                  logit_noise, meta_dropout, philox4x32_10)
+from .ops import (BACKENDS, cuda_emulator_built, cuda_kernels_built, drop_grad, dropgrad_step, dropgrad_step_,
+                  dropgrad_update, logit_noise, meta_dropout, philox4x32_10)
 
-__all__ = ["BACKENDS", "cuda_emulator_built", "cuda_kernels_built", "drop_grad", "dropgrad_step", "dropgrad_update",
-           "logit_noise", "meta_dropout", "philox4x32_10", "reference"]
+__all__ = ["BACKENDS", "cuda_emulator_built", "cuda_kernels_built", "drop_grad", "dropgrad_step", "dropgrad_step_",
+           "dropgrad_update", "logit_noise", "meta_dropout", "philox4x32_10", "reference"]

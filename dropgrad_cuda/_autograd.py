@@ -43,6 +43,13 @@ def _regroup(flat, spec):
     return out
 
 
+def refuse_grad(params):
+    """dropgrad_step_ in a graph that would need its (absent) derivative."""
+    if torch.is_grad_enabled() and any(isinstance(w, torch.Tensor) and w.requires_grad for w in params):
+        raise RuntimeError("dropgrad_step_ updates params in place and is not differentiable: call it under "
+                           "torch.no_grad() (as an optimizer step does), or use dropgrad_step for new tensors")
+
+
 def register_autograd(op, backward, setup_context):
     """torch.library.register_autograd(op, backward, setup_context=...) with the graph node a
     _SingleLevelFunction: torch.func's grad, vjp and jacrev accept that one, whereas the
@@ -129,6 +136,11 @@ def register(ns, qualname_prefix):
             raise RuntimeError("params and grads must all be on one device")
         return [torch.empty_like(w, memory_format=torch.contiguous_format) for w in params]
 
+    @torch.library.register_fake(q("dropgrad_step_"))
+    def _(params, grads, lrs, lr, weight_decay, p, noise_mode, seed, offset, rng_state=None):
+        if any(t.device != params[0].device for t in (*params, *grads)):
+            raise RuntimeError("params and grads must all be on one device")
+
     @torch.library.register_fake(q("meta_dropout"))
     def _(f, a, deterministic, seed, offset, rng_state=None):
         return torch.empty_like(f, memory_format=torch.contiguous_format)
@@ -200,6 +212,22 @@ def register(ns, qualname_prefix):
         return d_params, d_grads, d_lrs if ctx.has_lrs else [], None, None, None, None, None, None
 
     register_autograd(ns.dropgrad_step.default, step_backward, step_setup)
+
+    # ---- dropgrad_step_: in place and not differentiable. The dispatcher does not bump the version
+    # counter of a custom op's mutated arguments (autograd must see a saved param go stale), nor
+    # refuse a param that requires grad, so both are done here. ----
+    def step_inplace_autograd(keyset, params, *args):
+        refuse_grad(params)
+        with torch._C._AutoDispatchBelowAutograd():
+            return ns.dropgrad_step_.default.redispatch(keyset & torch._C._after_autograd_keyset, params, *args)
+
+    def step_inplace_version(keyset, params, *args):
+        ns.dropgrad_step_.default.redispatch(keyset & torch._C._after_ADInplaceOrView_keyset, params, *args)
+        torch.autograd.graph.increment_version(params)
+
+    lib = _LIBS.setdefault(qualname_prefix, torch.library.Library(qualname_prefix, "IMPL"))
+    lib.impl("dropgrad_step_", step_inplace_autograd, "Autograd", with_keyset=True)
+    lib.impl("dropgrad_step_", step_inplace_version, "ADInplaceOrView", with_keyset=True)
 
     # ---- meta_dropout: a fused backward op that regenerates eps; saves only f and a ----
     def md_setup(ctx, inputs, output):

@@ -14,8 +14,8 @@ from .reference import MODES
 
 BACKENDS = ("auto", "cpu", "cuda", "triton", "cuda-emulated", "reference")
 # The ops of csrc/ops.cpp, each with a kernel on every backend.
-OP_NAMES = ("philox4x32_10", "noise", "drop_grad", "dropgrad_update", "dropgrad_step", "meta_dropout",
-            "meta_dropout_backward")
+OP_NAMES = ("philox4x32_10", "noise", "drop_grad", "dropgrad_update", "dropgrad_step", "dropgrad_step_",
+            "meta_dropout", "meta_dropout_backward")
 _FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 _SEED_MOD = 1 << 64
 
@@ -250,6 +250,25 @@ def dropgrad_step(params, grads, lr, p, mode="gaussian", *, seed=None, offset=0,
     tensors or MAML++ per-layer scalars). Tensor k's noise starts where tensor k-1's ends,
     rounded up to a multiple of 4.
     """
+    return _step("dropgrad_step", params, grads, lr, p, mode, seed, offset, backend)
+
+
+def dropgrad_step_(params, grads, lr, p, mode="gaussian", *, weight_decay=0.0, seed=None, offset=0, backend="auto"):
+    """The optimizer's in-place form of dropgrad_step: params -= lr * ((grads + weight_decay *
+    params) * n), one fused pass over the list that reads and writes each param once. Not
+    differentiable (an optimizer step runs under torch.no_grad()); the noise is dropgrad_step's
+    for the same seed and offset."""
+    if isinstance(weight_decay, bool) or not isinstance(weight_decay, numbers.Real):
+        raise TypeError(f"weight_decay must be a real number, got {type(weight_decay).__name__}")
+    if not math.isfinite(weight_decay):
+        raise ValueError(f"weight_decay must be finite, got {weight_decay}")
+    params = list(params)
+    _autograd.refuse_grad(params)
+    _step("dropgrad_step_", params, grads, lr, p, mode, seed, offset, backend, float(weight_decay))
+
+
+def _step(name, params, grads, lr, p, mode, seed, offset, backend, *weight_decay):
+    """The checks and the call of dropgrad_step (new tensors) and dropgrad_step_ (in place)."""
     params, grads = list(params), list(grads)
     if len(params) != len(grads):
         raise ValueError(f"params and grads must have the same length, got {len(params)} and {len(grads)}")
@@ -278,9 +297,11 @@ def dropgrad_step(params, grads, lr, p, mode="gaussian", *, seed=None, offset=0,
     offset = _offset(offset, span)
     seed, state = _rng(seed, params[0], span, k, _noisy(p, mode))
     if k is reference:
-        return reference.dropgrad_step(params, grads, lrs or lr_f, p, mode, seed=seed, offset=offset)
+        wd = dict(weight_decay=weight_decay[0]) if weight_decay else {}
+        return getattr(reference, name)(params, grads, lrs or lr_f, p, mode, seed=seed, offset=offset, **wd)
     try:
-        return _call(k, "dropgrad_step", (*params, *grads, *lrs), params, grads, lrs, lr_f, p, m, seed, offset, state)
+        return _call(k, name, (*params, *grads, *lrs), params, grads, lrs, lr_f, *weight_decay, p, m, seed, offset,
+                     state)
     except (RuntimeError, TypeError, AttributeError):
         _check_lists(params, grads)  # name the offending pair if the kernel objected to one
         raise

@@ -150,23 +150,34 @@ def drop_grad(grad, p, mode="gaussian", *, seed, offset=0):
     return (grad.to(_opmath(grad)) * _noise_like(grad, p, mode, seed, offset)).to(grad.dtype)
 
 
-def dropgrad_update(param, grad, lr, p, mode="gaussian", *, seed, offset=0):
-    """param - lr * (grad * n), lr a float, a 0-d tensor or a tensor of param's shape."""
+def dropgrad_update(param, grad, lr, p, mode="gaussian", *, seed, offset=0, weight_decay=0.0):
+    """param - lr * ((grad + weight_decay * param) * n), lr a float, a 0-d tensor or a tensor of
+    param's shape (weight_decay: the optimizer step's, dropgrad_step_)."""
     c = _opmath(param)
     lr = torch.as_tensor(lr, dtype=c, device=param.device) if not torch.is_tensor(lr) else lr.to(c)
     g = grad.to(c)
+    if weight_decay != 0:
+        g = g + torch.as_tensor(weight_decay, dtype=c) * param.to(c)
     if not (mode == "none" or p == 0):
         g = g * _noise_like(grad, p, mode, seed, offset)
     return (param.to(c) - lr * g).to(param.dtype)
 
 
-def dropgrad_step(params, grads, lr, p, mode="gaussian", *, seed, offset=0):
+def dropgrad_step(params, grads, lr, p, mode="gaussian", *, seed, offset=0, weight_decay=0.0):
     """dropgrad_update over a list; lr a float, one tensor, or a list with one entry per param."""
     lrs = lr if isinstance(lr, (list, tuple)) else [lr] * len(params)
     return [
-        dropgrad_update(w, g, l, p, mode, seed=seed, offset=o)
+        dropgrad_update(w, g, l, p, mode, seed=seed, offset=o, weight_decay=weight_decay)
         for w, g, l, o in zip(params, grads, lrs, stream_offsets([w.numel() for w in params], offset))
     ]
+
+
+def dropgrad_step_(params, grads, lr, p, mode="gaussian", *, seed, offset=0, weight_decay=0.0):
+    """dropgrad_step written into the params: params -= lr * ((grads + weight_decay * params) * n)."""
+    with torch.no_grad():
+        for w, new in zip(params, dropgrad_step(params, grads, lr, p, mode, seed=seed, offset=offset,
+                                                weight_decay=weight_decay)):
+            w.copy_(new)
 
 
 def meta_dropout(f, a, *, deterministic=False, seed, offset=0):

@@ -235,16 +235,24 @@ def test_higher_picks_up_the_registered_optimizer():
         assert type(diffopt).__name__ == "DifferentiableDropGradSGD"
 
 
-def test_dropgrad_sgd_as_a_plain_optimizer():
+@pytest.mark.parametrize("options", [{}, {"weight_decay": 0.01}, {"weight_decay": 0.01, "maximize": True},
+                                     {"lr": torch.tensor(0.05)}], ids=["plain", "wd", "maximize-wd", "tensor-lr"])
+def test_dropgrad_sgd_as_a_plain_optimizer(options):
+    """Without momentum: one in-place w -= lr * ((±g + wd * w) * n) into the parameters' own storage."""
     model = net(torch.float32)
     xs, ys, _, _ = task(torch.float32)
     before = [w.detach().clone() for w in model.parameters()]
+    ptrs = [w.data_ptr() for w in model.parameters()]
     F.cross_entropy(model(xs), ys).backward()
-    opt = DropGradSGD(model.parameters(), lr=0.1, p=0.2, seed=11)
+    opts = {"lr": 0.1, **options}
+    opt = DropGradSGD(model.parameters(), p=0.2, seed=11, **opts)
     opt.step()
-    want = dg.reference.dropgrad_step(before, [w.grad for w in model.parameters()], 0.1, 0.2, "gaussian", seed=11)
-    for w, v in zip(model.parameters(), want):
-        assert torch.equal(w.detach(), v)
+    sign = -1 if options.get("maximize") else 1
+    want = [w.clone() for w in before]
+    dg.reference.dropgrad_step_(want, [sign * w.grad for w in model.parameters()], opts["lr"], 0.2, "gaussian",
+                                seed=11, weight_decay=options.get("weight_decay", 0.0))
+    for w, v, ptr in zip(model.parameters(), want, ptrs):
+        assert torch.equal(w.detach(), v) and w.data_ptr() == ptr
 
 
 def test_integrations_reject_mismatched_inputs():

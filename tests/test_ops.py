@@ -97,6 +97,43 @@ def test_dropgrad_step_equals_updates_on_consecutive_streams(backend, mode, lr_f
         assert torch.equal(o.cpu(), single.cpu())
 
 
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("weight_decay", [0.0, 5e-4])
+@pytest.mark.parametrize("lr_form", ["float", "list"])
+def test_dropgrad_step_in_place(backend, mode, weight_decay, lr_form):
+    """params -= lr * ((grads + weight_decay * params) * n) in place, on dropgrad_step's streams:
+    every dtype in one list, a non-contiguous param (written back), a grad that is its param."""
+    name, device = backend
+    shapes = [(3, 3), (1,), (0,), (64, 5), (2, 3, 5), (4097,)]
+    dtypes = [torch.float32, torch.float64, torch.bfloat16, torch.float32, torch.float16, torch.float32]
+    ws = [make(s, d, device, i, noncontiguous=i == 3) for i, (s, d) in enumerate(zip(shapes, dtypes))]
+    gs = [make(s, d, device, 10 + i, noncontiguous=i == 0) for i, (s, d) in enumerate(zip(shapes, dtypes))]
+    gs[1] = ws[1]
+    lr = 0.1 if lr_form == "float" else [make(s, d, device, 20 + i).abs() for i, (s, d) in enumerate(zip(shapes, dtypes))]
+    want = [w.cpu().clone() for w in ws]
+    R.dropgrad_step_(want, [g.cpu() for g in gs], lr if lr_form == "float" else [l.cpu() for l in lr], 0.15, mode,
+                     seed=5, offset=2**32, weight_decay=weight_decay)
+    if weight_decay == 0:
+        new = dg.dropgrad_step(ws, gs, lr, 0.15, mode, seed=5, offset=2**32, backend=name)
+    ptrs, versions = [w.data_ptr() for w in ws], [w._version for w in ws]
+    dg.dropgrad_step_(ws, gs, lr, 0.15, mode, weight_decay=weight_decay, seed=5, offset=2**32, backend=name)
+    for i, (w, v) in enumerate(zip(ws, want)):
+        assert w.data_ptr() == ptrs[i] and w._version > versions[i]
+        assert_matches(w, v, backend)
+        if weight_decay == 0:
+            assert torch.equal(w, new[i])
+
+
+def test_dropgrad_step_in_place_refuses_a_graph():
+    w = torch.randn(4, requires_grad=True)
+    with pytest.raises(RuntimeError, match="not differentiable.*torch.no_grad"):
+        dg.dropgrad_step_([w], [torch.randn(4)], 0.1, 0.1)
+    with pytest.raises(RuntimeError, match="not differentiable"):
+        torch.ops.dropgrad.dropgrad_step_([w], [torch.randn(4)], [], 0.1, 0.0, 0.1, 2, 1, 0)
+    with torch.no_grad():
+        dg.dropgrad_step_([w], [torch.randn(4)], 0.1, 0.1)
+
+
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("deterministic", [False, True])
 def test_meta_dropout(backend, dtype, deterministic):

@@ -43,13 +43,14 @@ def configurations():
                "LR_FULL": "constexpr", "ACC": "constexpr", "HAS_STATE": "constexpr"}
         yield (f"elementwise[{d},kind={kind},mode={mode},lr_full={lr_full},state={state}]", K.elementwise_kernel, sig,
                {"KIND": kind, "MODE": mode, "LR_FULL": lr_full, "ACC": _acc(d), "HAS_STATE": state})
-    for d, mode, state in itertools.product(DTYPES, (0, 1, 2), (False, True)):
+    for d, mode, state, wd in itertools.product(DTYPES, (0, 1, 2), (False, True), (False, True)):
         if state and mode == 0:
             continue
-        sig = {"table_ptr": "*i64", "block_tensor_ptr": "*i32", "state_ptr": "*i64", **runtime, "MODE": "constexpr",
-               "DTYPE": "constexpr", "ACC": "constexpr", "HAS_STATE": "constexpr"}
-        yield (f"step[{d},mode={mode},state={state}]", K.step_kernel, sig,
-               {"MODE": mode, "DTYPE": DTYPES[d], "ACC": _acc(d), "HAS_STATE": state})
+        sig = {"table_ptr": "*i64", "block_tensor_ptr": "*i32", "state_ptr": "*i64", "wd_ptr": f"*{_acc(d).name}", **runtime,
+               "MODE": "constexpr", "DTYPE": "constexpr", "ACC": "constexpr", "HAS_STATE": "constexpr",
+               "HAS_WD": "constexpr"}
+        yield (f"step[{d},mode={mode},state={state},wd={wd}]", K.step_kernel, sig,
+               {"MODE": mode, "DTYPE": DTYPES[d], "ACC": _acc(d), "HAS_STATE": state, "HAS_WD": wd})
     for d, noisy, state in itertools.product(DTYPES, (False, True), (False, True)):
         if state and not noisy:
             continue

@@ -73,10 +73,12 @@ PARAM, GRAD, OUT, LR, NUMEL, Q0, FIRST_BLOCK, LR_IS_FULL, TABLE_COLS = (tl.const
 
 
 @triton.jit(do_not_specialize=["seed", "p", "scale", "sigma"])
-def step_kernel(table_ptr, block_tensor_ptr, state_ptr, seed, p, scale, sigma, MODE: tl.constexpr, DTYPE: tl.constexpr,
-                ACC: tl.constexpr, HAS_STATE: tl.constexpr):
+def step_kernel(table_ptr, block_tensor_ptr, state_ptr, wd_ptr, seed, p, scale, sigma, MODE: tl.constexpr,
+                DTYPE: tl.constexpr, ACC: tl.constexpr, HAS_STATE: tl.constexpr, HAS_WD: tl.constexpr):
     """dropgrad_update over a list of tensors of one dtype in one launch, in the way of apex's
-    multi_tensor_apply: block_tensor[i] names the tensor (table row) program i works on."""
+    multi_tensor_apply: block_tensor[i] names the tensor (table row) program i works on. The
+    in-place step (out = param) adds weight_decay * param to the gradient first (HAS_WD; wd_ptr a
+    0-d tensor of the compute dtype, so float64 steps get the exact double)."""
     pid = tl.program_id(0).to(tl.int64)
     row = table_ptr + tl.load(block_tensor_ptr + pid).to(tl.int64) * TABLE_COLS
     n = tl.load(row + NUMEL)
@@ -88,7 +90,10 @@ def step_kernel(table_ptr, block_tensor_ptr, state_ptr, seed, p, scale, sigma, M
     if MODE != 0:
         seed, q0 = _stream(seed, tl.load(row + Q0), state_ptr, HAS_STATE)
         nz = noise_tile(seed, q0 + rows, p, scale, sigma, MODE).to(ACC)
+    w = tl.load(tl.load(row + PARAM).to(tl.pointer_type(DTYPE)) + idx, mask=mask).to(ACC)
     g = tl.load(tl.load(row + GRAD).to(tl.pointer_type(DTYPE)) + idx, mask=mask).to(ACC)
+    if HAS_WD:
+        g = g + tl.load(wd_ptr) * w
     if MODE != 0:
         g = g * nz
     lr_ptr = tl.load(row + LR)
@@ -99,7 +104,6 @@ def step_kernel(table_ptr, block_tensor_ptr, state_ptr, seed, p, scale, sigma, M
     lr_vec = tl.load(lr_ptr.to(tl.pointer_type(DTYPE)) + idx, mask=mask & ((idx * 0 + full.to(tl.int64)) != 0)).to(ACC)
     lr_one = tl.load(lr_ptr.to(tl.pointer_type(ACC)), mask=~full, other=0.0)
     lr = tl.where(full, lr_vec, lr_one)
-    w = tl.load(tl.load(row + PARAM).to(tl.pointer_type(DTYPE)) + idx, mask=mask).to(ACC)
     tl.store(tl.load(row + OUT).to(tl.pointer_type(DTYPE)) + idx, cast_out(w - lr * g, DTYPE), mask=mask)
 
 

@@ -88,11 +88,12 @@ def dropgrad_update(param, grad, lr_tensor, lr, p, mode, seed, offset, rng_state
                         rng_state)
 
 
-def dropgrad_step(params, grads, lrs, lr, p, mode, seed, offset, rng_state=None):
-    """One launch per dtype present in the list (a single launch for the usual all-float32 list)."""
+def _step(params, grads, lrs, lr, weight_decay, p, mode, seed, offset, rng_state, in_place):
+    """One launch per dtype present in the list (a single launch for the usual all-float32 list).
+    In place, the outputs are the params, a non-contiguous one through a copy written back."""
     ws = [w.contiguous() for w in params]
     gs = [g.contiguous() for g in grads]
-    outs = [torch.empty_like(w) for w in ws]
+    outs = ws if in_place else [torch.empty_like(w) for w in ws]
     lr_args = [_lr_arg(lrs[k] if lrs else None, lr, w) for k, w in enumerate(ws)]  # kept alive until launched
     offsets = stream_offsets([w.numel() for w in ws], offset)
     by_dtype = {}
@@ -113,9 +114,22 @@ def dropgrad_step(params, grads, lrs, lr, p, mode, seed, offset, rng_state=None)
         block_tensor = torch.repeat_interleave(torch.arange(len(ks), dtype=torch.int32), torch.tensor(blocks))
         block_tensor = block_tensor.to(device, non_blocking=True)
         state, has_state = _state(rng_state, ws[ks[0]])
-        _launch(K.step_kernel, (first,), table, block_tensor, state, seed, *_scalars(p), MODE=_mode(p, mode),
-                DTYPE=_tl(dtype), ACC=_tl(_acc(dtype)), HAS_STATE=has_state)
+        wd = torch.tensor(weight_decay, dtype=_acc(dtype)).to(device, non_blocking=True)
+        _launch(K.step_kernel, (first,), table, block_tensor, state, wd, seed, *_scalars(p), MODE=_mode(p, mode),
+                DTYPE=_tl(dtype), ACC=_tl(_acc(dtype)), HAS_STATE=has_state, HAS_WD=weight_decay != 0.0)
+    if in_place:
+        for w, o in zip(params, outs):
+            if o is not w:
+                w.copy_(o)
     return outs
+
+
+def dropgrad_step(params, grads, lrs, lr, p, mode, seed, offset, rng_state=None):
+    return _step(params, grads, lrs, lr, 0.0, p, mode, seed, offset, rng_state, False)
+
+
+def dropgrad_step_(params, grads, lrs, lr, weight_decay, p, noise_mode, seed, offset, rng_state=None):
+    _step(params, grads, lrs, lr, weight_decay, p, noise_mode, seed, offset, rng_state, True)
 
 
 def meta_dropout(f, a, deterministic, seed, offset, rng_state=None):

@@ -218,6 +218,32 @@ void update_range(const scalar_t* param, const scalar_t* grad, const scalar_t* l
   }
 }
 
+// The in-place step of an optimizer: w -= lr * ((grad + weight_decay * w) * n), in two passes over
+// the block through d (n <= kBlock): w is read and written through one pointer, which the loops
+// of update_range (out __restrict) must not be given.
+template <typename scalar_t>
+__attribute__((target_clones("avx2", "default")))
+void step_range_(scalar_t* w, const scalar_t* grad, const scalar_t* lr_vec, double lr, double weight_decay, int64_t n,
+                 const float* noise) {
+  using acc_t = at::opmath_type<scalar_t>;
+  const acc_t l = static_cast<acc_t>(lr), wd = static_cast<acc_t>(weight_decay);
+  auto x = [](auto v) { return static_cast<acc_t>(v); };
+  alignas(64) acc_t d[kBlock];
+  if (wd != acc_t(0)) {
+    for (int64_t i = 0; i < n; ++i) d[i] = x(grad[i]) + wd * x(w[i]);
+  } else {
+    for (int64_t i = 0; i < n; ++i) d[i] = x(grad[i]);
+  }
+  if (noise) {
+    for (int64_t i = 0; i < n; ++i) d[i] = d[i] * x(noise[i]);
+  }
+  if (lr_vec) {
+    for (int64_t i = 0; i < n; ++i) w[i] = static_cast<scalar_t>(x(w[i]) - x(lr_vec[i]) * d[i]);
+  } else {
+    for (int64_t i = 0; i < n; ++i) w[i] = static_cast<scalar_t>(x(w[i]) - l * d[i]);
+  }
+}
+
 template <typename scalar_t>
 __attribute__((target_clones("avx2", "default")))
 void drop_grad_range(const scalar_t* grad, scalar_t* __restrict out, int64_t n, const float* noise) {
@@ -376,6 +402,7 @@ at::Tensor dropgrad_update_cpu(const at::Tensor& param, const at::Tensor& grad,
 
 // One tensor of a step, its dtype resolved before the parallel region: AT_DISPATCH inside the
 // per-block loop cost more than the noise on small lists (Conv-4) and kept them from scaling.
+// In place (dropgrad_step_), out is the param itself.
 struct StepItem {
   const void* param;
   const void* grad;
@@ -384,29 +411,38 @@ struct StepItem {
   void* out;
   int64_t numel;
   int64_t offset;
-  void (*run)(const StepItem&, int64_t begin, int64_t n, const float* noise);
+  void (*run)(const StepItem&, double weight_decay, int64_t begin, int64_t n, const float* noise);
 };
 
 template <typename scalar_t>
-void run_update(const StepItem& t, int64_t begin, int64_t n, const float* noise) {
+void run_update(const StepItem& t, double, int64_t begin, int64_t n, const float* noise) {
   const scalar_t* lr_vec = t.lr_vec ? static_cast<const scalar_t*>(t.lr_vec) + begin : nullptr;
   update_range(static_cast<const scalar_t*>(t.param) + begin, static_cast<const scalar_t*>(t.grad) + begin, lr_vec, t.lr,
                static_cast<scalar_t*>(t.out) + begin, n, noise);
 }
 
+template <typename scalar_t>
+void run_step_(const StepItem& t, double weight_decay, int64_t begin, int64_t n, const float* noise) {
+  const scalar_t* lr_vec = t.lr_vec ? static_cast<const scalar_t*>(t.lr_vec) + begin : nullptr;
+  step_range_(static_cast<scalar_t*>(t.out) + begin, static_cast<const scalar_t*>(t.grad) + begin, lr_vec, t.lr,
+              weight_decay, n, noise);
+}
+
 // The whole list in one parallel region: blocks of all tensors are numbered consecutively and
 // each worker finds its tensor by binary search. Tensor k's stream starts where tensor k-1's
-// ends, rounded up to a multiple of 4.
-std::vector<at::Tensor> dropgrad_step_cpu(at::TensorList params, at::TensorList grads, at::TensorList lrs,
-                                          double lr, double p, int64_t mode, int64_t seed, int64_t offset,
-                                          const OptTensor& rng_state) {
+// ends, rounded up to a multiple of 4. outs: new tensors, or (in place) the params, a
+// non-contiguous one through a contiguous copy written back at the end.
+void step_cpu(at::TensorList params, at::TensorList grads, at::TensorList lrs, double lr, double weight_decay,
+              double p, int64_t mode, int64_t seed, int64_t offset, const OptTensor& rng_state, bool in_place,
+              std::vector<at::Tensor>& outs) {
   resolve_seed(rng_state, seed, offset);
   const size_t nt = params.size();
   TORCH_CHECK(grads.size() == nt, "params and grads must have the same length");
   TORCH_CHECK(lrs.empty() || lrs.size() == nt, "lrs must be empty or have one entry per param");
-  std::vector<at::Tensor> keep, out(nt);  // keep: contiguous copies and lr arrays, alive until the end
+  std::vector<at::Tensor> keep;  // contiguous copies and lr arrays, alive until the end
   std::vector<StepItem> items(nt);
   std::vector<int64_t> first_block(nt + 1, 0);
+  outs.resize(nt);
   int64_t stream = offset;
   for (size_t k = 0; k < nt; ++k) {
     check_floating(params[k], "params");
@@ -415,12 +451,12 @@ std::vector<at::Tensor> dropgrad_step_cpu(at::TensorList params, at::TensorList 
                 "params[", k, "] and grads[", k, "] must have the same shape and dtype");
     const at::Tensor w = params[k].contiguous(), g = grads[k].contiguous();
     const LearningRate l = resolve_lr(lrs.empty() ? OptTensor() : OptTensor(lrs[k]), lr, params[k]);
-    out[k] = empty_output(w);
+    outs[k] = in_place ? w : empty_output(w);
     StepItem& it = items[k];
-    it = {w.data_ptr(), g.data_ptr(), l.vec.defined() ? l.vec.data_ptr() : nullptr, l.scalar, out[k].data_ptr(),
+    it = {w.data_ptr(), g.data_ptr(), l.vec.defined() ? l.vec.data_ptr() : nullptr, l.scalar, outs[k].data_ptr(),
           w.numel(), stream, nullptr};
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, w.scalar_type(), "dropgrad_step",
-                                    [&] { it.run = &run_update<scalar_t>; });
+                                    [&] { it.run = in_place ? &run_step_<scalar_t> : &run_update<scalar_t>; });
     keep.insert(keep.end(), {w, g, l.vec});
     stream += (w.numel() + 3) / 4 * 4;
     first_block[k + 1] = first_block[k] + (w.numel() + kBlock - 1) / kBlock;
@@ -433,10 +469,29 @@ std::vector<at::Tensor> dropgrad_step_cpu(at::TensorList params, at::TensorList 
       const StepItem& it = items[k];
       const int64_t begin = (b - first_block[k]) * kBlock;
       const int64_t n = std::min(kBlock, it.numel - begin);
-      it.run(it, begin, n, block_noise(st, it.offset + begin, n, buf));
+      it.run(it, weight_decay, begin, n, block_noise(st, it.offset + begin, n, buf));
     }
   });
-  return out;
+  if (in_place) {
+    for (size_t k = 0; k < nt; ++k) {
+      if (!outs[k].is_same(params[k])) params[k].copy_(outs[k]);
+    }
+  }
+}
+
+std::vector<at::Tensor> dropgrad_step_cpu(at::TensorList params, at::TensorList grads, at::TensorList lrs,
+                                          double lr, double p, int64_t mode, int64_t seed, int64_t offset,
+                                          const OptTensor& rng_state) {
+  std::vector<at::Tensor> outs;
+  step_cpu(params, grads, lrs, lr, 0.0, p, mode, seed, offset, rng_state, false, outs);
+  return outs;
+}
+
+void dropgrad_step__cpu(at::TensorList params, at::TensorList grads, at::TensorList lrs, double lr,
+                        double weight_decay, double p, int64_t mode, int64_t seed, int64_t offset,
+                        const OptTensor& rng_state) {
+  std::vector<at::Tensor> outs;
+  step_cpu(params, grads, lrs, lr, weight_decay, p, mode, seed, offset, rng_state, true, outs);
 }
 
 at::Tensor meta_dropout_cpu(const at::Tensor& f, const at::Tensor& a, bool deterministic, int64_t seed,
@@ -493,6 +548,7 @@ TORCH_LIBRARY_IMPL(dropgrad, CPU, m) {
   m.impl("drop_grad", &drop_grad_cpu);
   m.impl("dropgrad_update", &dropgrad_update_cpu);
   m.impl("dropgrad_step", &dropgrad_step_cpu);
+  m.impl("dropgrad_step_", &dropgrad_step__cpu);
   m.impl("meta_dropout", &meta_dropout_cpu);
   m.impl("meta_dropout_backward", &meta_dropout_backward_cpu);
 }

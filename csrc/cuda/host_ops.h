@@ -120,11 +120,12 @@ at::Tensor dropgrad_update(const at::Tensor& param, const at::Tensor& grad, cons
 }
 
 // One multi-tensor launch sequence per dtype present; tensor k's stream starts where tensor
-// k-1's ends, rounded up to a multiple of 4 (as on every backend).
+// k-1's ends, rounded up to a multiple of 4 (as on every backend). In place, the outputs are the
+// params, a non-contiguous one through a contiguous copy written back after the launches.
 template <class D>
-std::vector<at::Tensor> dropgrad_step(at::TensorList params, at::TensorList grads, at::TensorList lrs, double lr,
-                                      double p, int64_t mode, int64_t seed, int64_t offset,
-                                      const OptTensor& rng_state) {
+std::vector<at::Tensor> step(at::TensorList params, at::TensorList grads, at::TensorList lrs, double lr,
+                             double weight_decay, double p, int64_t mode, int64_t seed, int64_t offset,
+                             const OptTensor& rng_state, bool in_place) {
   const size_t nt = params.size();
   TORCH_CHECK(grads.size() == nt && (lrs.empty() || lrs.size() == nt), "params, grads and lrs must match in length");
   std::vector<at::Tensor> ws(nt), gs(nt), outs(nt), keep(nt);
@@ -137,7 +138,7 @@ std::vector<at::Tensor> dropgrad_step(at::TensorList params, at::TensorList grad
                 "params[", k, "] and grads[", k, "] must have the same shape, dtype and device");
     ws[k] = params[k].contiguous();
     gs[k] = grads[k].contiguous();
-    outs[k] = at::empty_like(ws[k]);
+    outs[k] = in_place ? ws[k] : at::empty_like(ws[k]);
     const auto l = learning_rate(lrs.empty() ? OptTensor() : OptTensor(lrs[k]), lr, ws[k], keep[k]);
     by_dtype[static_cast<int>(dtype_of(ws[k]))].push_back({ws[k].data_ptr(), gs[k].data_ptr(), outs[k].data_ptr(), l,
                                                            ws[k].numel(), q});
@@ -149,10 +150,26 @@ std::vector<at::Tensor> dropgrad_step(at::TensorList params, at::TensorList grad
   for (int d = 0; d < 4; ++d) {
     if (!by_dtype[d].empty()) {
       dg_cuda::dropgrad_step(D::launch(), static_cast<DType>(d), by_dtype[d].data(),
-                             static_cast<int>(by_dtype[d].size()), r);
+                             static_cast<int>(by_dtype[d].size()), r, weight_decay);
     }
   }
+  for (size_t k = 0; in_place && k < nt; ++k) {
+    if (!outs[k].is_same(params[k])) params[k].copy_(outs[k]);
+  }
   return outs;
+}
+
+template <class D>
+std::vector<at::Tensor> dropgrad_step(at::TensorList params, at::TensorList grads, at::TensorList lrs, double lr,
+                                      double p, int64_t mode, int64_t seed, int64_t offset,
+                                      const OptTensor& rng_state) {
+  return step<D>(params, grads, lrs, lr, 0.0, p, mode, seed, offset, rng_state, false);
+}
+
+template <class D>
+void dropgrad_step_(at::TensorList params, at::TensorList grads, at::TensorList lrs, double lr, double weight_decay,
+                    double p, int64_t mode, int64_t seed, int64_t offset, const OptTensor& rng_state) {
+  step<D>(params, grads, lrs, lr, weight_decay, p, mode, seed, offset, rng_state, true);
 }
 
 template <class D>
@@ -196,6 +213,7 @@ void register_kernels(torch::Library& m) {
   m.impl("drop_grad", &host::drop_grad<D>);
   m.impl("dropgrad_update", &host::dropgrad_update<D>);
   m.impl("dropgrad_step", &host::dropgrad_step<D>);
+  m.impl("dropgrad_step_", &host::dropgrad_step_<D>);
   m.impl("meta_dropout", &host::meta_dropout<D>);
   m.impl("meta_dropout_backward", &host::meta_dropout_backward<D>);
 }

@@ -154,10 +154,12 @@ struct drop_grad_kernel {
   }
 };
 
-// param - lr * (grad * n) for the counters c0, c0 + step, ... below c1 of one tensor.
+// param - lr * ((grad + weight_decay * param) * n) for the counters c0, c0 + step, ... below c1 of
+// one tensor (weight decay only in the optimizer's in-place step). out may be param: each thread
+// reads its four elements before it writes them.
 template <typename T>
-DG_HD void update_counters(const T* param, const T* grad, const LearningRate& lr, T* out, int64_t n,
-                           const dg::Stream& st, int64_t q0, int64_t c0, int64_t c1, int64_t step) {
+DG_HD void update_counters(const T* param, const T* grad, const LearningRate& lr, typename Acc<T>::type wd, T* out,
+                           int64_t n, const dg::Stream& st, int64_t q0, int64_t c0, int64_t c1, int64_t step) {
   using A = typename Acc<T>::type;
   const T* lr_vec = static_cast<const T*>(lr.lr_vec);
   const A lr_s = lr.lr_ptr ? *static_cast<const A*>(lr.lr_ptr) : static_cast<A>(lr.lr_value);
@@ -171,7 +173,8 @@ DG_HD void update_counters(const T* param, const T* grad, const LearningRate& lr
     load4(grad, 4 * j, n, vec, g);
     if (lr_vec) load4(lr_vec, 4 * j, n, vec, l);
     for (int k = 0; k < 4; ++k) {
-      const A gn = st.np.mode == dg::kNone ? to_acc(g[k]) : to_acc(g[k]) * static_cast<A>(z[k]);
+      const A d = wd != A(0) ? to_acc(g[k]) + wd * to_acc(w[k]) : to_acc(g[k]);
+      const A gn = st.np.mode == dg::kNone ? d : d * static_cast<A>(z[k]);
       o[k] = from_acc<T, A>(to_acc(w[k]) - (lr_vec ? to_acc(l[k]) : lr_s) * gn);
     }
     store4(out, 4 * j, n, vec, o);
@@ -190,7 +193,7 @@ struct dropgrad_update_kernel {
   DG_HD void operator()(const Idx& t) const {
     int64_t q = q0;
     const dg::Stream st = resolve(rng, q);
-    update_counters(param, grad, lr, out, n, st, q, first(t), counters(n), stride(t));
+    update_counters(param, grad, lr, typename Acc<T>::type(0), out, n, st, q, first(t), counters(n), stride(t));
   }
 };
 
@@ -206,13 +209,15 @@ template <typename T>
 struct dropgrad_step_kernel {
   StepList list;
   Rng rng;
+  typename Acc<T>::type weight_decay;
   DG_HD void operator()(const Idx& t) const {
     const StepTensor& s = list.t[list.block_tensor[t.block]];
     int64_t q = s.q0;
     const dg::Stream st = resolve(rng, q);
     const int64_t c0 = static_cast<int64_t>(list.block_chunk[t.block]) * kChunk;
     const int64_t c1 = c0 + kChunk < counters(s.numel) ? c0 + kChunk : counters(s.numel);
-    update_counters(static_cast<const T*>(s.param), static_cast<const T*>(s.grad), s.lr, static_cast<T*>(s.out),
+    update_counters(static_cast<const T*>(s.param), static_cast<const T*>(s.grad), s.lr, weight_decay,
+                    static_cast<T*>(s.out),
                     s.numel, st, q, c0 + t.thread, c1, t.threads);
   }
 };
@@ -347,11 +352,12 @@ void dropgrad_update(const L& launch, DType dt, const void* param, const void* g
 // Fills lists of at most kListSize tensors and kMaxBlocks chunks and launches each when full; a
 // tensor whose chunks outgrow a list continues in the next one.
 template <class L>
-void dropgrad_step(const L& launch, DType dt, const StepTensor* tensors, int count, const Rng& rng) {
+void dropgrad_step(const L& launch, DType dt, const StepTensor* tensors, int count, const Rng& rng, double weight_decay) {
   kernels::dispatch(dt, [&](auto tag) {
     using T = decltype(tag);
     kernels::dropgrad_step_kernel<T> k{};
     k.rng = rng;
+    k.weight_decay = static_cast<typename kernels::Acc<T>::type>(weight_decay);
     int nt = 0, nb = 0;
     auto flush = [&] {
       if (nb > 0) launch(nb, k);
@@ -420,7 +426,7 @@ void philox4x32_10(const L& launch, const int64_t* counter, const int64_t* key, 
                                             const dg_cuda::LearningRate&, void*, int64_t, const dg_cuda::Rng&,       \
                                             int64_t);                                                                \
   template void dg_cuda::dropgrad_step<L>(const L&, dg_cuda::DType, const dg_cuda::StepTensor*, int,                 \
-                                          const dg_cuda::Rng&);                                                      \
+                                          const dg_cuda::Rng&, double);                                              \
   template void dg_cuda::meta_dropout<L>(const L&, dg_cuda::DType, const void*, const void*, void*, int64_t,         \
                                          const dg_cuda::Rng&, int64_t);                                              \
   template void dg_cuda::meta_dropout_backward<L>(const L&, dg_cuda::DType, const void*, const void*, const void*,   \

@@ -33,7 +33,7 @@ struct LearningRate {
 struct StepTensor {
   const void* param;
   const void* grad;
-  void* out;
+  void* out;  // param itself for the in-place step
   LearningRate lr;
   int64_t numel;
   int64_t q0;  // first Philox counter of the tensor's stream
@@ -66,7 +66,8 @@ template <class L>
 void dropgrad_update(const L& launch, DType dt, const void* param, const void* grad, const LearningRate& lr, void* out,
                      int64_t n, const Rng& rng, int64_t q0);
 template <class L>
-void dropgrad_step(const L& launch, DType dt, const StepTensor* tensors, int count, const Rng& rng);
+void dropgrad_step(const L& launch, DType dt, const StepTensor* tensors, int count, const Rng& rng,
+                   double weight_decay);
 template <class L>
 void meta_dropout(const L& launch, DType dt, const void* f, const void* a, void* out, int64_t n, const Rng& rng,
                   int64_t q0);

@@ -33,7 +33,8 @@ def _group_step(group, params, grads, training=True):
 class DropGradSGD(torch.optim.SGD):
     """torch.optim.SGD with DropGrad noise on the gradient it descends along:
     d = (±g + weight_decay * w) * n, n the DropGrad noise of rate p; then SGD's own momentum,
-    dampening and nesterov on d. Without momentum the whole step is one fused pass per group.
+    dampening and nesterov on d. Without momentum the whole step is one fused in-place pass per
+    group (dropgrad_step_), weight decay included.
     With the noise off (p=0, mode "none", training=False) the step is torch.optim.SGD's, bit for bit.
 
     seed=None draws fresh noise every step (torch.manual_seed reproduces a run); an int gives the
@@ -72,8 +73,10 @@ class DropGradSGD(torch.optim.SGD):
                 continue
             opts = dict(weight_decay=group["weight_decay"], maximize=group["maximize"])
             if _noisy(group):
-                if group["momentum"] == 0:
-                    torch._foreach_copy_(params, _group_step(group, params, grads))
+                if group["momentum"] == 0:  # one fused in-place pass: w -= lr * ((±g + wd * w) * n)
+                    ops.dropgrad_step_(params, torch._foreach_neg(grads) if group["maximize"] else grads, group["lr"],
+                                       group["p"], group["mode"], weight_decay=group["weight_decay"],
+                                       seed=group["seed"], backend=group["backend"])
                     continue
                 seed = ops._seed(group["seed"])
                 grads = [ops.drop_grad(d, group["p"], group["mode"], seed=seed, offset=o, backend=group["backend"])
