@@ -86,24 +86,28 @@ def step_kernel(table_ptr, block_tensor_ptr, state_ptr, wd_ptr, seed, p, scale, 
     rows = local * ROWS_C + tl.arange(0, ROWS_C).to(tl.int64)
     idx = rows[:, None] * 4 + tl.arange(0, 4)[None, :].to(tl.int64)
     mask = idx < n
-    # The noise first, before any tile is loaded: fewer live registers (no spills on sm_90 in float64).
+    # The noise first, before any tile is loaded, and kept in float32 until used: fewer live
+    # registers (no spills on sm_90 in float64).
     if MODE != 0:
         seed, q0 = _stream(seed, tl.load(row + Q0), state_ptr, HAS_STATE)
-        nz = noise_tile(seed, q0 + rows, p, scale, sigma, MODE).to(ACC)
+        nz = noise_tile(seed, q0 + rows, p, scale, sigma, MODE)
     w = tl.load(tl.load(row + PARAM).to(tl.pointer_type(DTYPE)) + idx, mask=mask).to(ACC)
     g = tl.load(tl.load(row + GRAD).to(tl.pointer_type(DTYPE)) + idx, mask=mask).to(ACC)
     if HAS_WD:
         g = g + tl.load(wd_ptr) * w
     if MODE != 0:
-        g = g * nz
+        g = g * nz.to(ACC)
     lr_ptr = tl.load(row + LR)
     full = tl.load(row + LR_IS_FULL) != 0
     # A full-shape lr has the param's dtype; a scalar one was converted to the compute dtype.
     # The scalar flag broadcast to a block compare first: Triton 3.9's interpreter types a block mask
     # & a scalar bool as int64 and refuses it as a mask.
-    lr_vec = tl.load(lr_ptr.to(tl.pointer_type(DTYPE)) + idx, mask=mask & ((idx * 0 + full.to(tl.int64)) != 0)).to(ACC)
     lr_one = tl.load(lr_ptr.to(tl.pointer_type(ACC)), mask=~full, other=0.0)
-    lr = tl.where(full, lr_vec, lr_one)
+    lr_mask = mask & ((idx * 0 + full.to(tl.int64)) != 0)
+    if DTYPE == ACC:  # the scalar lr as the masked-off lanes' value: one tile, no select (a float64 spill otherwise)
+        lr = tl.load(lr_ptr.to(tl.pointer_type(DTYPE)) + idx, mask=lr_mask, other=lr_one)
+    else:  # a float32 scalar lr must not round through the half type
+        lr = tl.where(full, tl.load(lr_ptr.to(tl.pointer_type(DTYPE)) + idx, mask=lr_mask).to(ACC), lr_one)
     tl.store(tl.load(row + OUT).to(tl.pointer_type(DTYPE)) + idx, cast_out(w - lr * g, DTYPE), mask=mask)
 
 
