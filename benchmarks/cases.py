@@ -1,6 +1,7 @@
 """What the benchmarks time. Each op as the fused kernel, the eager form of the published code,
 torch.compile of that eager form and, for the updates, the floor: a plain torch.add (a
-torch._foreach_add for lists), which moves the same bytes with no noise.
+torch._foreach_add for lists), which moves the same bytes with no noise. The optimizer step
+(DropGradSGD) against torch.optim.SGD with the eager noise, and plain SGD as its floor.
 
 DROPGRAD_BENCH_FULL=1 (the report's --full) adds 4K, 1M and 64M elements and bfloat16."""
 import os
@@ -40,6 +41,28 @@ def eager_meta_dropout(f, a):
 
 def fused_meta_dropout(f, a):
     return dg.meta_dropout(f, a)
+
+
+def optimizer_step(impl, ws, gs, wd=5e-4):
+    """One optimizer step with weight decay over a parameter list: DropGradSGD (one fused in-place
+    pass), torch.optim.SGD(foreach=True) after the published eager noise is put on .grad, and the
+    plain SGD(foreach=True) step as the floor."""
+    from dropgrad_cuda.integrations.higher import DropGradSGD
+
+    params = [torch.nn.Parameter(w) for w in ws]
+    for w, g in zip(params, gs):
+        w.grad = g
+    if impl == "fused":
+        return DropGradSGD(params, lr=LR, p=P, weight_decay=wd).step
+    opt = torch.optim.SGD(params, lr=LR, weight_decay=wd, foreach=True)
+    if impl == "floor":
+        return opt.step
+
+    def eager():
+        for w, g in zip(params, gs):
+            w.grad = g * eager_noise(g, "gaussian")
+        opt.step()
+    return eager
 
 
 _compiled = {}
@@ -106,6 +129,12 @@ def cases():
                 make = lambda n=n, dtype=dtype: (lambda f, a: lambda: compiled(eager_meta_dropout)(f, a))(  # noqa: E731
                     *_flat(n, 2, dtype))
             out.append(Case(name, size, "compile", dtype, make))
+    for size, shapes in {**LISTS, "11M": lambda: [(SIZES["11M"],)]}.items():
+        def opt(impl, shapes=shapes):
+            return optimizer_step(impl, tensors(shapes(), 0), tensors(shapes(), 1))
+
+        out += [Case("optimizer_step/gaussian", size, i, torch.float32, lambda i=i, o=opt: o(i))
+                for i in ("fused", "eager", "floor")]
     for size, shapes in LISTS.items():
         def step(impl, shapes=shapes):
             ws, gs = tensors(shapes(), 0), tensors(shapes(), 1)

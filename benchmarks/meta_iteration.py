@@ -1,7 +1,14 @@
-"""End to end: one second-order MAML meta-iteration (Conv-4, 5-way 5-shot, 15 queries, 5 inner
-steps, 4 tasks) with no regularizer, the published eager DropGrad, and the fused step; the bytes
-each inner update keeps for backward; the peak memory of a meta-iteration; memory bandwidth."""
+"""End to end: second-order MAML meta-iterations (Conv-4, 5-way 5-shot, 15 queries, 84x84, 5 inner
+steps, a meta-batch of 2 tasks as MAML's 5-shot mini-ImageNet) three ways for each regularizer:
+
+- DropGrad: plain inner updates, the published eager DropGrad update, the fused dropgrad_step;
+- Meta-Dropout: plain Conv-4, the published meta-dropout blocks in eager PyTorch
+  (f * softplus(a + randn_like(a))), the same blocks fused (dropgrad_cuda.meta_dropout).
+
+Time per meta-iteration (variants interleaved round by round, paired 95% intervals), the bytes
+saved for backward per inner step, peak heap, a profile of the fused ops' share, memory bandwidth."""
 import contextlib
+import functools
 import os
 import statistics
 import subprocess
@@ -12,43 +19,48 @@ import torch
 from torch.autograd.graph import saved_tensors_hooks
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from benchmarks.models import conv4_forward, conv4_shapes, few_shot_tasks, fused_step, meta_iteration, plain_step, \
-    published_dropgrad_step, tensors
+from benchmarks.interleave import compare, interleaved
+from benchmarks.models import conv4_forward, conv4_shapes, eager_meta_dropout_block, few_shot_tasks, \
+    fused_meta_dropout_block, fused_step, generator_shapes, meta_iteration, plain_step, published_dropgrad_step, \
+    tensors
 
-VARIANTS = {"none": plain_step, "eager DropGrad": published_dropgrad_step, "fused DropGrad": fused_step}
-
-
-def _params():
-    return [t.requires_grad_() for t in tensors(conv4_shapes())]
-
-
-def _timed(step, spent):
-    def run(*args):
-        t0 = time.perf_counter()
-        out = step(*args)
-        spent.append(time.perf_counter() - t0)
-        return out
-    return run
+TASKS, LR = 2, 0.01
+DROPGRAD = {"none": plain_step, "eager DropGrad": published_dropgrad_step, "fused DropGrad": fused_step}
+META_DROPOUT = {"none": None, "eager Meta-Dropout": eager_meta_dropout_block,
+                "fused Meta-Dropout": fused_meta_dropout_block}
 
 
-def time_meta_iterations(rounds=3):
-    """Per variant: median seconds of a whole meta-iteration, and median seconds inside its inner
-    updates (forward; their backward is inside the meta-iteration's). Rounds are interleaved so
-    drift hits every variant alike; the update's own time is what run-to-run drift of several
-    percent in the whole cannot hide."""
+class Setup:
+    """One variant of one benchmark: its inner update, network forward and tensors."""
+
+    def __init__(self, step, block):
+        self.params = [t.requires_grad_() for t in tensors(conv4_shapes())]
+        self.phi = [t.requires_grad_() for t in tensors(generator_shapes(), 2)]
+        self.tasks = few_shot_tasks(n_tasks=TASKS)
+        self.step, self.block = step, block
+
+    def forward(self, params, x, query=False, block=None):
+        return conv4_forward(params, x, query, phi=self.phi, block=block or self.block)
+
+    def __call__(self):
+        return meta_iteration(self.step, self.params, self.tasks, lr=LR, forward=self.forward)
+
+
+BENCHES = {"DropGrad": {k: functools.partial(Setup, s, None) for k, s in DROPGRAD.items()},
+           "Meta-Dropout": {k: functools.partial(Setup, plain_step, b) for k, b in META_DROPOUT.items()}}
+
+
+def time_meta_iterations(bench, max_rounds=10, min_rounds=4, budget_s=240, progress=None):
+    """({variant: comparison to none}, fused compared to eager) (benchmarks.interleave.compare)
+    from interleaved rounds after one warm-up round: at least min_rounds, then until every
+    difference is resolved or the budget (seconds of timed rounds) is spent."""
     torch.set_num_threads(2)
-    params, tasks = _params(), few_shot_tasks()
-    whole, inner = {k: [] for k in VARIANTS}, {k: [] for k in VARIANTS}
-    for step in VARIANTS.values():  # warm-up
-        meta_iteration(step, params, tasks)
-    for _ in range(rounds):
-        for name, step in VARIANTS.items():
-            spent = []
-            t0 = time.perf_counter()
-            meta_iteration(_timed(step, spent), params, tasks)
-            whole[name].append(time.perf_counter() - t0)
-            inner[name].append(sum(spent))
-    return {k: (statistics.median(whole[k]), statistics.median(inner[k])) for k in VARIANTS}
+    variants = {k: make() for k, make in BENCHES[bench].items()}
+    eager, fused = f"eager {bench}", f"fused {bench}"
+    times = interleaved(variants, max_rounds, warmup=1, min_rounds=min_rounds, budget_s=budget_s, progress=progress,
+                        pairs=[("none", eager), ("none", fused), (eager, fused)])
+    return ({k: dict(compare(times["none"], v), rounds=len(v)) for k, v in times.items()},
+            compare(times[eager], times[fused]))
 
 
 @contextlib.contextmanager
@@ -71,41 +83,71 @@ def _native_output_silenced():
             os.close(fd)
 
 
-def fused_dropgrad_share():
-    """(seconds in the fused DropGrad ops, seconds of the whole meta-iteration) for one profiled
-    meta-iteration: the step's forward calls plus every evaluation of its backward nodes (first
-    and second order), from torch.profiler. Events are summed without removing nesting, so this
-    is an upper bound on the regularizer's cost that run-to-run drift of the whole cannot hide."""
+# The fused ops' events in a profile: each forward op and the graph nodes of its derivatives
+# (named after the op, dropgrad_cuda/_autograd.py). Nodes run in separate engine calls, so the
+# events of one group do not nest in another's.
+FUSED_EVENTS = {
+    "DropGrad": {"forward (dropgrad_step)": ["dropgrad::dropgrad_step"],
+                 "backward and double backward": ["DropgradStepFnBackward", "DropGradFnBackward"]},
+    "Meta-Dropout": {"forward (meta_dropout)": ["dropgrad::meta_dropout"],
+                     "backward (fused meta_dropout_backward)": ["MetaDropoutFnBackward"],
+                     "double backward (composite ops)": ["MetaDropoutBackwardFnBackward"]},
+}
+
+
+def fused_profile(bench):
+    """({part: seconds} of the fused regularizer's ops, seconds of the whole meta-iteration) for
+    one profiled fused meta-iteration (torch.profiler, CPU time of the events and what they call)."""
     from torch.profiler import ProfilerActivity, profile
 
     torch.set_num_threads(2)
-    params, tasks = _params(), few_shot_tasks()
-    meta_iteration(fused_step, params, tasks)
+    run = BENCHES[bench][f"fused {bench}"]()
+    run()
     with _native_output_silenced(), profile(activities=[ProfilerActivity.CPU]) as prof:
         t0 = time.perf_counter()
-        meta_iteration(fused_step, params, tasks)
+        run()
         whole = time.perf_counter() - t0
-    inside = sum(e.cpu_time_total for e in prof.key_averages()
-                 if e.key == "dropgrad::dropgrad_step" or ("dropgrad" in e.key and "Backward" in e.key))
-    return inside / 1e6, whole
+    totals = {e.key: e.cpu_time_total / 1e6 for e in prof.key_averages()}
+    return {part: sum(totals.get(k, 0.0) for k in keys) for part, keys in FUSED_EVENTS[bench].items()}, whole
 
 
-def saved_bytes_per_inner_step():
-    """(all bytes, bytes that are not the update's inputs) saved for backward by one inner update
-    of the Conv-4 list under create_graph, i.e. what second-order MAML keeps per inner step."""
-    params, (xs, ys, _, _) = _params(), few_shot_tasks(n_tasks=1)[0]
-    loss = torch.nn.functional.cross_entropy(conv4_forward(params, xs), ys)
-    grads = list(torch.autograd.grad(loss, params, create_graph=True))
-    inputs = {t.data_ptr() for t in params + grads}
+def _saved_bytes(fn, inputs=()):
+    """(bytes, bytes that are not `inputs`) of the distinct tensors autograd saves while fn runs."""
+    saved = []
+    with saved_tensors_hooks(lambda t: saved.append(t) or t, lambda t: t):
+        fn()
+    unique = {t.data_ptr(): t for t in saved}
+    skip = {t.data_ptr() for t in inputs}
+    size = lambda ts: sum(t.numel() * t.element_size() for t in ts)  # noqa: E731
+    return size(unique.values()), size(t for p, t in unique.items() if p not in skip)
+
+
+def saved_bytes_per_inner_step(bench):
+    """Per variant, bytes autograd keeps for second-order MAML from one inner step (support
+    forward, create_graph gradient, update): {"regularizer": (all, not inputs) saved by the
+    regularizer's own calls (the update; the four meta-dropout blocks), "step": all of the step}."""
+    torch.set_num_threads(2)
     out = {}
-    for name, step in VARIANTS.items():
-        saved = []
-        with saved_tensors_hooks(lambda t: saved.append(t) or t, lambda t: t):
-            step(params, grads, 0.01)
-        unique = {t.data_ptr(): t for t in saved}
-        total = sum(t.numel() * t.element_size() for t in unique.values())
-        extra = sum(t.numel() * t.element_size() for p, t in unique.items() if p not in inputs)
-        out[name] = (total, extra)
+    for name, make in BENCHES[bench].items():
+        s = make()
+        xs, ys = s.tasks[0][:2]
+        reg = []
+
+        def hooked_block(f, a, query, s=s, reg=reg):
+            box = []
+            reg.append(_saved_bytes(lambda: box.append(s.block(f, a, query)), (f, a)))
+            return box[0]
+
+        def inner_step(s=s, reg=reg):
+            loss = torch.nn.functional.cross_entropy(s.forward(s.params, xs, block=hooked_block if s.block else None), ys)
+            grads = list(torch.autograd.grad(loss, s.params, create_graph=True))
+            if bench == "DropGrad":
+                reg.append(_saved_bytes(lambda: s.step(s.params, grads, LR), s.params + grads))
+            else:
+                s.step(s.params, grads, LR)
+
+        step_total = _saved_bytes(inner_step)[0]
+        out[name] = {"regularizer": tuple(map(sum, zip(*reg))) if reg else (0, 0), "step": step_total}
     return out
 
 
@@ -131,16 +173,15 @@ class _HeapPeak(TorchDispatchMode):
         return out
 
 
-def peak_heap_mb(variant):
+def peak_heap_mb(bench, variant):
     """Peak heap memory of one meta-iteration of `variant` above what was allocated before it
     (parameters and tasks), in a fresh process, sampled after every op of forward and backward."""
     code = ("import torch\n"
-            "from benchmarks.meta_iteration import VARIANTS, _HeapPeak, _params\n"
-            "from benchmarks.models import few_shot_tasks, meta_iteration\n"
+            "from benchmarks.meta_iteration import BENCHES, _HeapPeak\n"
             "torch.set_num_threads(2)\n"
-            "params, tasks = _params(), few_shot_tasks()\n"
+            f"run = BENCHES[{bench!r}][{variant!r}]()\n"
             "with _HeapPeak() as m:\n"
-            f"    meta_iteration(VARIANTS[{variant!r}], params, tasks)\n"
+            "    run()\n"
             "print(m.peak - m.base)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     return int(out.split()[-1]) / 2**20
@@ -160,9 +201,11 @@ def memory_bandwidth_gbs(n=64_000_000):
 
 
 def main():
-    print("meta-iteration seconds:", time_meta_iterations())
-    print("saved bytes per inner step:", saved_bytes_per_inner_step())
-    print("peak heap MB:", {v: peak_heap_mb(v) for v in VARIANTS})
+    for bench in BENCHES:
+        print(bench, "meta-iteration:", time_meta_iterations(bench, max_rounds=3))
+        print(bench, "fused profile:", fused_profile(bench))
+        print(bench, "saved bytes per inner step:", saved_bytes_per_inner_step(bench))
+        print(bench, "peak heap MB:", {v: peak_heap_mb(bench, v) for v in BENCHES[bench]})
     print("bandwidth GB/s:", memory_bandwidth_gbs())
 
 

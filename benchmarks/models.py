@@ -31,13 +31,33 @@ def tensors(shapes, seed=0, dtype=torch.float32):
     return [torch.randn(s, generator=g).to(dtype) * 0.1 for s in shapes]
 
 
-def conv4_forward(params, x):
+def conv4_forward(params, x, query=False, *, phi=None, block=None):
+    """The Conv-4 forward. With a meta-dropout `block(f, a, query)` and the generator's conv
+    weights `phi` (4 x (weight, bias), outer loop only): the published meta-dropout block
+    (dropgrad_cuda.nn.MetaDropout around each conv), f = conv_theta(x), a = conv_phi(x) on the
+    same input, then block(f, a) before batch norm; query passes are deterministic."""
     for i in range(4):
         w, b, gamma, beta = params[4 * i: 4 * i + 4]
-        x = F.conv2d(x, w, b, padding=1)
+        f = F.conv2d(x, w, b, padding=1)
+        x = f if block is None else block(f, F.conv2d(x, phi[2 * i], phi[2 * i + 1], padding=1), query)
         x = F.batch_norm(x, None, None, gamma, beta, training=True)  # transductive, as MAML
         x = F.max_pool2d(F.relu(x), 2)
     return F.linear(x.flatten(1), params[-2], params[-1])
+
+
+def generator_shapes(channels=32):
+    """Meta-dropout's noise generator for Conv-4: a conv of each block's shape (phi)."""
+    return [s for i, c_in in enumerate((3, channels, channels, channels)) for s in ((channels, c_in, 3, 3), (channels,))]
+
+
+# The meta-dropout block three ways: none (plain Conv-4, no generator), the published eager form,
+# and the fused op.
+def eager_meta_dropout_block(f, a, query):
+    return f * F.softplus(a if query else a + torch.randn_like(a))
+
+
+def fused_meta_dropout_block(f, a, query):
+    return dg.meta_dropout(f, a, deterministic=query)
 
 
 P, SIGMA = 0.1, (0.1 / 0.9) ** 0.5
@@ -56,16 +76,17 @@ def fused_step(params, grads, lr):
     return dg.dropgrad_step(params, grads, lr, P, "gaussian")
 
 
-def meta_iteration(step, params, tasks, inner_steps=5, lr=0.01):
-    """One second-order MAML meta-iteration over a list of (xs, ys, xq, yq) tasks; returns the meta-loss."""
+def meta_iteration(step, params, tasks, inner_steps=5, lr=0.01, forward=conv4_forward):
+    """One second-order MAML meta-iteration over a list of (xs, ys, xq, yq) tasks; returns the
+    meta-loss. forward(params, x, query) is the network (support passes query=False)."""
     meta_loss = 0.0
     for xs, ys, xq, yq in tasks:
         fast = params
         for _ in range(inner_steps):
-            loss = F.cross_entropy(conv4_forward(fast, xs), ys)
+            loss = F.cross_entropy(forward(fast, xs), ys)
             grads = torch.autograd.grad(loss, fast, create_graph=True)
             fast = step(fast, list(grads), lr)
-        meta_loss = meta_loss + F.cross_entropy(conv4_forward(fast, xq), yq)
+        meta_loss = meta_loss + F.cross_entropy(forward(fast, xq, True), yq)
     (meta_loss / len(tasks)).backward()
     return meta_loss
 

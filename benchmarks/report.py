@@ -11,9 +11,12 @@ import csv
 import json
 import os
 import sys
+import time
 from collections import defaultdict
 
 import pytest
+
+from benchmarks.interleave import describe
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RESULTS = os.path.join(ROOT, "results")
@@ -27,6 +30,30 @@ GPU_ANALYSIS = [
     ("meta_dropout fwd", 12, 36, 4, "randn, add, softplus, mul"),
     ("meta_dropout fwd+bwd", 32, 72, 7, "backward re-reads the saved intermediates"),
 ]
+
+
+# The main job's parts and about how long each takes on a 2-core machine (seconds; --full: x4 for
+# the op benchmarks), for the progress lines.
+STAGES = [("op benchmarks", 420), ("huge pages", 40), ("DropGrad meta-iterations", 330),
+          ("Meta-Dropout meta-iterations", 420), ("memory", 120), ("vmap", 150)]
+E2E_SHAPE = "Conv-4, 5-way 5-shot, 15 queries, 84x84, 5 inner steps, meta-batch of 2 tasks"
+
+
+class Progress:
+    """Prints '[k/n] what (about m min; about t min left in all)' as each part starts; the estimates
+    are rescaled by how long the parts so far took against theirs."""
+
+    def __init__(self, stages, full=False):
+        self.est = [t * (4 if full and i == 0 else 1) for i, (_, t) in enumerate(stages)]
+        self.k, self.t0 = 0, time.perf_counter()
+
+    def __call__(self, what):
+        done = sum(self.est[:self.k])
+        scale = (time.perf_counter() - self.t0) / done if done else 1.0
+        left = scale * sum(self.est[self.k:])
+        self.k += 1
+        print(f"[{self.k}/{len(self.est)}] {what} (about {scale * self.est[self.k - 1] / 60:.0f} min; about "
+              f"{left / 60:.0f} min left in all)", flush=True)
 
 
 def _rows(data):
@@ -63,7 +90,13 @@ def plot(rows, path):
 
     from benchmarks.cases import MD_SIZES
 
-    ops = sorted({op for op, size, _ in rows if size in MD_SIZES})
+    sizes = defaultdict(set)
+    for op, size, _ in rows:
+        if size in MD_SIZES:
+            sizes[op].add(size)
+    ops = sorted(op for op, s in sizes.items() if len(s) > 1)  # a curve needs two sizes
+    if not ops:
+        return
     fig, axes = plt.subplots(1, len(ops), figsize=(4.2 * len(ops), 3.6), squeeze=False)
     for ax, op in zip(axes[0], ops):
         for impl, style in (("fused", "o-"), ("eager", "s--"), ("compile", "^:"), ("floor", "k-")):
@@ -89,7 +122,8 @@ def main(argv=None):
         os.environ["DROPGRAD_BENCH_FULL"] = "1"
     os.makedirs(RESULTS, exist_ok=True)
     raw = os.path.join(RESULTS, "benchmarks.json")
-    print("[1/4] op benchmarks (pytest-benchmark)", flush=True)
+    stage = Progress(STAGES if not args.no_e2e else STAGES[:2], full=args.full)
+    stage("op benchmarks (pytest-benchmark)")
     pytest_args = [os.path.join(os.path.dirname(__file__), "test_bench.py"), "-q", "-p", "no:cacheprovider",
                    f"--benchmark-json={raw}", "--benchmark-disable-gc", "--benchmark-columns=median,iqr,rounds"]
     if args.k:
@@ -107,6 +141,7 @@ def main(argv=None):
 
     from benchmarks import huge_pages
 
+    stage("huge pages: the 11M update with and without DROPGRAD_THP=1")
     thp = {setting: huge_pages.run(setting == "DROPGRAD_THP=1") for setting in ("default", "DROPGRAD_THP=1")}
     md += ["\n| 11M Gaussian update, outputs | fused ms | floor ms | fused/floor | slowest fused call, ms |",
            "| --- | ---: | ---: | ---: | ---: |"]
@@ -117,42 +152,54 @@ def main(argv=None):
 
     if not args.no_e2e:
         from benchmarks import meta_iteration as mi
-
-        print("[2/4] second-order MAML meta-iterations (Conv-4, 5-way 5-shot, 5 inner steps, 4 tasks)", flush=True)
-        times = mi.time_meta_iterations()
-        base = times["none"][0]
-        base_inner = times["none"][1]
-        md += ["\n| meta-iteration | median s | vs none | inside the inner updates (forward), s | "
-               "their extra time vs none, % of a meta-iteration |",
-               "| --- | ---: | ---: | ---: | ---: |"]
-        for name, (whole, inner) in times.items():
-            md.append(f"| {name} | {whole:.3f} | {100 * (whole - base) / base:+.1f}% | {inner:.4f} | "
-                      f"{100 * (inner - base_inner) / base:+.2f}% |")
-        inside, whole = mi.fused_dropgrad_share()
-        md.append("\nThe last column times the update calls themselves (their backward runs inside the "
-                  "meta-iteration's backward and is not in it); the whole-iteration difference includes "
-                  "run-to-run drift of a few percent. Profiled (torch.profiler), the fused DropGrad ops, forward "
-                  f"and backward of both orders, took {inside:.3f} s of a {whole:.2f} s meta-iteration: "
-                  f"**{100 * inside / whole:.2f}%**, an upper bound on the fused regularizer's overhead.")
-        report.update(fused_dropgrad_share={"inside_s": inside, "whole_s": whole})
-        print("[3/4] memory", flush=True)
-        saved = mi.saved_bytes_per_inner_step()
-        peak = {v: mi.peak_heap_mb(v) for v in mi.VARIANTS}
-        bw = mi.memory_bandwidth_gbs()
-        md += ["\n| inner update (Conv-4 list, create_graph) | bytes saved for backward | of which not inputs (noise) | "
-               "peak heap of a meta-iteration, MB |", "| --- | ---: | ---: | ---: |"]
-        for v in mi.VARIANTS:
-            md.append(f"| {v} | {saved[v][0]} | {saved[v][1]} | {peak[v]:.1f} |")
-        md.append("\nPeak heap: bytes in use in glibc's heap (mallinfo2, every arena and mmapped chunk, so tensors "
-                  "included) sampled after every op of one meta-iteration in a fresh process, above the level "
-                  "before it; the gap to none is what the regularizer keeps alive.")
-        md.append(f"\nMemory bandwidth of this machine (copy, 2 threads): {bw:.1f} GB/s.")
-        report.update(meta_iteration_s={k: {"whole": w, "inner_updates": i} for k, (w, i) in times.items()},
-                      saved_bytes=saved, peak_heap_mb=peak, copy_bandwidth_gbs=bw)
-
         from benchmarks import vmap_meta_batch
 
-        print("[4/4] meta-batch under torch.func.vmap vs the per-task loop", flush=True)
+        for bench in mi.BENCHES:
+            stage(f"second-order MAML meta-iterations with {bench}: none / eager / fused, interleaved rounds")
+            res, both = mi.time_meta_iterations(bench, progress=lambda r, left: print(
+                f"      round {r} done, at most {left / 60:.1f} min left of this part", flush=True))
+            parts, whole = mi.fused_profile(bench)
+            md += [f"\n{bench}: second-order MAML meta-iterations ({E2E_SHAPE}), the variants interleaved round by "
+                   f"round after a warm-up round; paired differences to none with their 95% confidence interval "
+                   f"(Student's t over the rounds), \"no difference measurable\" where it includes zero.\n",
+                   "| meta-iteration | rounds | median s | vs none (paired, s) | vs none, % |",
+                   "| --- | ---: | ---: | --- | ---: |"]
+            for name, c in res.items():
+                vs = "-" if name == "none" else describe(c)
+                pct = f"{100 * c['diff'] / c['base_median']:+.1f}%" if name != "none" and c["resolved"] else "-"
+                md.append(f"| {name} | {c['rounds']} | {c['median']:.3f} | {vs} | {pct} |")
+            fused, eager = res[f"fused {bench}"], res[f"eager {bench}"]
+            md.append(f"\nFused vs eager, paired: {describe(both)}; eager/fused of the medians "
+                      f"{eager['median'] / fused['median']:.2f}x.")
+            md.append(f"Profiled (torch.profiler, one fused meta-iteration of {whole:.2f} s; CPU time of each event "
+                      "and what it calls): " + "; ".join(f"{part} {t:.3f} s ({100 * t / whole:.1f}%)"
+                                                         for part, t in parts.items()) + ".")
+            report.setdefault("meta_iteration", {})[bench] = dict(vs_none=res, fused_vs_eager=both,
+                                                                  fused_profile=dict(parts, whole_s=whole))
+
+        stage("memory: bytes saved for backward per inner step, peak heap of a meta-iteration, bandwidth")
+        md += ["\n| inner step (second order) | saved by the regularizer's calls, MB | of which not their inputs, MB | "
+               "saved by the whole inner step, MB | peak heap of a meta-iteration, MB |",
+               "| --- | ---: | ---: | ---: | ---: |"]
+        for bench in mi.BENCHES:
+            saved = mi.saved_bytes_per_inner_step(bench)
+            peak = {v: mi.peak_heap_mb(bench, v) for v in mi.BENCHES[bench]}
+            for v in mi.BENCHES[bench]:
+                (reg, extra), step = saved[v]["regularizer"], saved[v]["step"]
+                md.append(f"| {bench}: {v} | {reg / 2**20:.2f} | {extra / 2**20:.2f} | {step / 2**20:.1f} | "
+                          f"{peak[v]:.1f} |")
+            report.setdefault("memory", {})[bench] = dict(saved_bytes=saved, peak_heap_mb=peak)
+        md.append("\nSaved: the distinct tensors autograd keeps from one inner step of the first task (support "
+                  "forward, create_graph gradient, update), as second-order MAML keeps them for every step; the "
+                  "regularizer's calls are the update (DropGrad) and the four meta-dropout blocks' forward. Peak "
+                  "heap: bytes in use in glibc's heap (mallinfo2, every arena and mmapped chunk, so tensors "
+                  "included) sampled after every op of one meta-iteration in a fresh process, above the level "
+                  "before it.")
+        bw = mi.memory_bandwidth_gbs()
+        md.append(f"\nMemory bandwidth of this machine (copy, 2 threads): {bw:.1f} GB/s.")
+        report.update(copy_bandwidth_gbs=bw)
+
+        stage("meta-batch under torch.func.vmap vs the per-task loop")
         vm = vmap_meta_batch.run()
         md += ["\nMeta-batch adapted under `torch.func.vmap(randomness=\"different\")` vs the per-task loop, "
                "30 interleaved rounds after 3 warm-ups (ratios above 1x: faster than the loop):\n",

@@ -1,16 +1,14 @@
 """A meta-batch adapted under torch.func.vmap against the per-task loop, fused and eager.
 
 Variants run interleaved round by round (ABCABC...) after warm-up; each row reports the median
-time and the 95% interval (normal approximation over the rounds) of the paired ratio to the loop.
+time and the 95% interval (Student's t over the rounds) of the paired ratio to the loop.
 - Conv-4 list, 4 tasks: one DropGrad step of every task's Conv-4 parameter list (stacked along a
   task dimension): a loop of `dropgrad_step` calls vs one `dropgrad_step` under vmap vs the
   published eager update (`w - lr * (g * normal_(1, sigma))`) under the same vmap.
 - the example's sinusoid net, 4 tasks: a second-order meta-batch (2 inner steps, forward and the
   meta-gradient), `meta_batch_loss` (vmap) vs the loop of `inner_step`s, and vmap with the eager update.
 """
-import math
 import statistics
-import time
 
 import torch
 import torch.nn.functional as F
@@ -19,6 +17,7 @@ from torch.func import functional_call, grad, vmap
 import dropgrad_cuda as dg
 from dropgrad_cuda.integrations import func as dfunc
 
+from .interleave import interleaved, ratio_interval
 from .models import P, SIGMA, conv4_shapes, tensors
 
 TASKS, LR = 4, 0.01
@@ -78,27 +77,6 @@ def sinusoid_variants():
     fused = vmapped(lambda fast, gs: dfunc.inner_step(fast, gs, LR, P))
     eager = vmapped(lambda fast, gs: {k: _eager(fast[k], gs[k]) for k in fast})
     return {"loop, fused": loop, "vmap, fused": fused, "vmap, eager published": eager}
-
-
-def interleaved(variants, rounds, warmup=3):
-    """{name: [seconds per round]}, the variants timed in turn within every round."""
-    for _ in range(warmup):
-        for fn in variants.values():
-            fn()
-    times = {k: [] for k in variants}
-    for _ in range(rounds):
-        for k, fn in variants.items():
-            t0 = time.perf_counter()
-            fn()
-            times[k].append(time.perf_counter() - t0)
-    return times
-
-
-def ratio_interval(a, b):
-    """Median of a/b over paired rounds and its 95% interval (normal approximation of the mean ratio)."""
-    r = [x / y for x, y in zip(a, b)]
-    half = 1.96 * statistics.stdev(r) / math.sqrt(len(r))
-    return statistics.median(r), statistics.mean(r) - half, statistics.mean(r) + half
 
 
 def run(rounds=30):

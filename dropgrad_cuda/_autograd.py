@@ -6,6 +6,8 @@ namespace of kernels.
 expresses every backward through that same namespace's ops, so backward regenerates the noise
 from (seed, offset) instead of saving it, and each backward is itself differentiable.
 """
+import types
+
 import torch
 import torch.nn.functional as F
 from torch._functorch.utils import enable_single_level_autograd_function
@@ -57,7 +59,7 @@ def register_autograd(op, backward, setup_context):
     refused under every transform (pytorch/pytorch#170834; PyTorch's own fix takes this route).
     List arguments and outputs are spread into the node's inputs and outputs."""
 
-    class Node(_SingleLevelFunction):
+    class Base(_SingleLevelFunction):
         @staticmethod
         def forward(ctx, keyset, spec, *flat):
             args = _regroup(flat, spec)
@@ -85,6 +87,10 @@ def register_autograd(op, backward, setup_context):
                 flat.extend([g] if n is None else (g if g else [None] * n))
             return (None, None, *flat)
 
+    # Named after the op, so profiles and graphs tell the ops apart: meta_dropout_backward's node
+    # is MetaDropoutBackwardFnBackward (Fn: apply() records an event under the class name, which
+    # must not read as meta_dropout's MetaDropoutBackward).
+    Node = types.new_class("".join(w.capitalize() for w in op._schema.name.split("::")[1].split("_")) + "Fn", (Base,))
     list_out = str(op._schema.returns[0].type) == "List[Tensor]"
     defaults = [a.default_value for a in op._schema.arguments]
 
