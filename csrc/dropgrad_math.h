@@ -251,4 +251,29 @@ DG_HD float softplus_grad<float>(float z) {
   return softplus_grad_from_exp(z, softplus_exp(z));
 }
 
+// softplus''(z) = sigmoid(z) * sigmoid(-z) = e / (1 + e)^2 with e = exp(-|z|): no cancellation in
+// 1 - sigmoid(z) for large z; 0 above PyTorch's threshold 20, where softplus is the identity.
+template <typename T>
+DG_HD T softplus_grad2_from_exp(T z, T e) {
+  const T r = e / ((T(1) + e) * (T(1) + e));
+  return z > T(20) ? T(0) : r;
+}
+template <typename T>
+DG_HD T softplus_grad2(T z) {
+  using std::exp;
+  return softplus_grad2_from_exp(z, exp(z < T(0) ? z : -z));
+}
+template <>
+DG_HD float softplus_grad2<float>(float z) {
+  return softplus_grad2_from_exp(z, softplus_exp(z));
+}
+// The double backward of meta_dropout at one element: the derivative of its backward
+// (gf = gout * sp, ga = gout * f * s) along (ggf, gga), from sp = softplus(z), s = softplus'(z)
+// and ds = softplus''(z). Returns (d gout, d f, d a) in that operation order (the reference's).
+template <typename A>
+DG_HD void meta_dropout_double_backward(A ggf, A gga, A gout, A f, A sp, A s, A ds, A* d_gout, A* d_f, A* d_a) {
+  *d_gout = ggf * sp + (gga * f) * s;
+  *d_f = (gga * gout) * s;
+  *d_a = (ggf * gout) * s + ((gga * gout) * f) * ds;
+}
 }  // namespace dg

@@ -40,6 +40,11 @@ void dg::define_ops(torch::Library& m) {
   m.def(
       "meta_dropout_backward(Tensor grad_out, Tensor f, Tensor a, bool deterministic, int seed, "
       "int offset, Tensor? rng_state=None) -> (Tensor, Tensor)");
+  // meta_dropout_backward's own derivative along (grad_grad_f, grad_grad_a), for second-order MAML:
+  // (d grad_out, d f, d a), eps regenerated.
+  m.def(
+      "meta_dropout_double_backward(Tensor grad_grad_f, Tensor grad_grad_a, Tensor grad_out, Tensor f, Tensor a, "
+      "bool deterministic, int seed, int offset, Tensor? rng_state=None) -> (Tensor, Tensor, Tensor)");
 }
 
 TORCH_LIBRARY(dropgrad, m) {

@@ -156,6 +156,10 @@ def register(ns, qualname_prefix):
         return (torch.empty_like(f, memory_format=torch.contiguous_format),
                 torch.empty_like(f, memory_format=torch.contiguous_format))
 
+    @torch.library.register_fake(q("meta_dropout_double_backward"))
+    def _(grad_grad_f, grad_grad_a, grad_out, f, a, deterministic, seed, offset, rng_state=None):
+        return tuple(torch.empty_like(f, memory_format=torch.contiguous_format) for _ in range(3))
+
     # ---- drop_grad: linear in grad, so its backward is itself with the same stream ----
     def drop_grad_setup(ctx, inputs, output):
         _, ctx.p, ctx.mode, ctx.seed, ctx.offset, rng_state = inputs
@@ -247,26 +251,40 @@ def register(ns, qualname_prefix):
 
     register_autograd(ns.meta_dropout.default, md_backward, md_setup)
 
-    # The backward's own derivative, for second-order MAML: composite ops on z = a + eps, with
-    # eps regenerated (materialized only here), so every further order is PyTorch's autograd.
+    # The backward's own derivative, for second-order MAML: one fused op that regenerates eps.
     def mdb_setup(ctx, inputs, output):
         gout, f, a, ctx.det, ctx.seed, ctx.offset, rng_state = inputs
         ctx.save_for_backward(gout, f, a, rng_state)
 
     def mdb_backward(ctx, ggf, gga):
         gout, f, a, rng_state = ctx.saved_tensors
-        z = a if ctx.det else a + ns.noise(a.detach(), 0.0, NORMAL, ctx.seed, ctx.offset, rng_state).to(a.dtype)
-        s = torch.where(z > 20, torch.ones_like(z), torch.sigmoid(z))  # softplus' derivative, as PyTorch's
-        ds = torch.where(z > 20, torch.zeros_like(z), s * (1 - s))
-        d_gout = d_f = d_a = None
-        if ggf is not None:
-            d_gout = ggf * F.softplus(z)
-            d_a = ggf * gout * s
-        if gga is not None:
-            d_gout = gga * f * s if d_gout is None else d_gout + gga * f * s
-            d_f = gga * gout * s
-            d_a = gga * gout * f * ds if d_a is None else d_a + gga * gout * f * ds
-        return d_gout, d_f, d_a, None, None, None, None
+        zero = lambda g: torch.zeros_like(f) if g is None else g  # noqa: E731  (an output not in the loss)
+        d = ns.meta_dropout_double_backward(zero(ggf), zero(gga), gout, f, a, ctx.det, ctx.seed, ctx.offset, rng_state)
+        return (*d, None, None, None, None)
 
     register_autograd(ns.meta_dropout_backward.default, mdb_backward, mdb_setup)
+
+    # The third order, rarely needed: composite ops on z = a + eps (eps regenerated, materialized
+    # only here), so every further order is PyTorch's autograd. With s = softplus'(z) and its
+    # derivatives ds, dds, the double backward is D_gout = ggf sp + gga f s, D_f = gga gout s,
+    # D_a = ggf gout s + gga gout f ds; (u, v, w) are the cotangents of (D_gout, D_f, D_a).
+    def mddb_setup(ctx, inputs, output):
+        ggf, gga, gout, f, a, ctx.det, ctx.seed, ctx.offset, rng_state = inputs
+        ctx.save_for_backward(ggf, gga, gout, f, a, rng_state)
+
+    def mddb_backward(ctx, u, v, w):
+        ggf, gga, gout, f, a, rng_state = ctx.saved_tensors
+        z = a if ctx.det else a + ns.noise(a.detach(), 0.0, NORMAL, ctx.seed, ctx.offset, rng_state).to(a.dtype)
+        s = torch.where(z > 20, torch.ones_like(z), torch.sigmoid(z))  # softplus' as PyTorch's (threshold 20)
+        ds = torch.where(z > 20, torch.zeros_like(z), s * (1 - s))
+        dds = torch.where(z > 20, torch.zeros_like(z), ds * (1 - 2 * s))
+        u, v, w = (torch.zeros_like(f) if t is None else t for t in (u, v, w))
+        return (u * F.softplus(z) + w * gout * s,
+                u * f * s + v * gout * s + w * gout * f * ds,
+                v * gga * s + w * (ggf * s + gga * f * ds),
+                u * gga * s + w * gga * gout * ds,
+                u * (ggf * s + gga * f * ds) + v * gga * gout * ds + w * (ggf * gout * ds + gga * gout * f * dds),
+                None, None, None, None)
+
+    register_autograd(ns.meta_dropout_double_backward.default, mddb_backward, mddb_setup)
     _batching.register(ns, qualname_prefix)

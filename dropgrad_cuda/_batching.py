@@ -149,6 +149,12 @@ def register(ns, qualname_prefix):
                            (deterministic, seed, offset, rng_state), not deterministic, "meta_dropout_backward")
         return out, (0, 0)
 
+    @reg("meta_dropout_double_backward")
+    def _(info, in_dims, grad_grad_f, grad_grad_a, grad_out, f, a, deterministic, seed, offset, rng_state=None):
+        out = _elementwise(ns.meta_dropout_double_backward, info, in_dims[:5], [grad_grad_f, grad_grad_a, grad_out, f, a],
+                           (deterministic, seed, offset, rng_state), not deterministic, "meta_dropout_double_backward")
+        return out, (0, 0, 0)
+
     if qualname_prefix == "dropgrad":
         @reg("cuda_rng_state")
         def _(info, in_dims, like, numel):

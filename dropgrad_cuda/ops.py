@@ -15,7 +15,7 @@ from .reference import MODES
 BACKENDS = ("auto", "cpu", "cuda", "triton", "cuda-emulated", "reference")
 # The ops of csrc/ops.cpp, each with a kernel on every backend.
 OP_NAMES = ("philox4x32_10", "noise", "drop_grad", "dropgrad_update", "dropgrad_step", "dropgrad_step_",
-            "meta_dropout", "meta_dropout_backward")
+            "meta_dropout", "meta_dropout_backward", "meta_dropout_double_backward")
 _FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 _SEED_MOD = 1 << 64
 

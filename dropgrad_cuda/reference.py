@@ -189,6 +189,22 @@ def meta_dropout(f, a, *, deterministic=False, seed, offset=0):
     return (f.to(c) * F.softplus(z)).to(f.dtype)
 
 
+def meta_dropout_double_backward(grad_grad_f, grad_grad_a, grad_out, f, a, *, deterministic=False, seed, offset=0):
+    """The derivative of meta_dropout's backward (gf = grad_out * softplus(z), ga = grad_out * f *
+    softplus'(z)) along (grad_grad_f, grad_grad_a): (d grad_out, d f, d a), with softplus''(z) =
+    e / (1 + e)^2, e = exp(-|z|) (no cancellation), 0 above the threshold 20 as softplus'."""
+    c = _opmath(f)
+    z = a.to(c)
+    if not deterministic:
+        z = z + _noise_like(a, 0.0, "normal", seed, offset)
+    ggf, gga, g, fc = (t.to(c) for t in (grad_grad_f, grad_grad_a, grad_out, f))
+    e = torch.exp(-z.abs())
+    s = torch.where(z > 20, 1.0, torch.sigmoid(z))
+    ds = torch.where(z > 20, 0.0, e / ((1 + e) * (1 + e)))
+    out = (ggf * F.softplus(z) + (gga * fc) * s, (gga * g) * s, (ggf * g) * s + ((gga * g) * fc) * ds)
+    return tuple(t.to(f.dtype) for t in out)
+
+
 def logit_noise(mu, s, *, deterministic=False, seed, offset=0):
     """mu + softplus(s) * eps, eps ~ N(0, 1) from the stream, s broadcast to mu (one scale per example)."""
     if deterministic:

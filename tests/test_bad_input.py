@@ -114,6 +114,7 @@ def test_raw_op_rejects_mismatched_shapes_without_crashing():
     (lambda ns: ns.dropgrad_update(W, G, torch.ones(2, 2), 0.1, 0.1, 2, 1, 0), "lr must"),
     (lambda ns: ns.meta_dropout(W, torch.randn(4), False, 1, 0), "same shape"),
     (lambda ns: ns.meta_dropout_backward(torch.randn(4), W, W, False, 1, 0), "same shape"),
+    (lambda ns: ns.meta_dropout_double_backward(W, W, torch.randn(4), W, W, False, 1, 0), "same shape"),
     (lambda ns: ns.philox4x32_10(torch.zeros(3, 5, dtype=torch.int64), torch.zeros(3, 2, dtype=torch.int64)),
      r"counter must have shape \(\.\.\., 4\)"),
     (lambda ns: ns.drop_grad(G, 0.1, 2, 1, 0, torch.tensor([1.0, 2.0])), "rng_state must be"),

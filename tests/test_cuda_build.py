@@ -29,7 +29,8 @@ def test_library_holds_sm80_and_sm90_code_without_spills():
         assert {k for a, k, *_ in rows if a == arch} == kernels
     # One kernel an op, named after it (csrc/cuda/kernels.cuh), per dtype where the op takes one,
     # plus the generator-state unpack.
-    typed = ("drop_grad", "dropgrad_update", "dropgrad_step", "meta_dropout", "meta_dropout_backward")
+    typed = ("drop_grad", "dropgrad_update", "dropgrad_step", "meta_dropout", "meta_dropout_backward",
+             "meta_dropout_double_backward")
     dtypes = ("float", "double", "__half", "__nv_bfloat16")
     assert kernels == ({f"{op}_kernel<{t}>" for op in typed for t in dtypes}
                        | {"noise_kernel", "philox4x32_10_kernel", "unpack_kernel"})

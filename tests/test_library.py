@@ -34,6 +34,8 @@ def samples():
         ("meta_dropout", (w(2, 3), w(2, 3), False, 7, 0)),
         ("meta_dropout", (w(2, 3), w(2, 3), True, 7, 0)),
         ("meta_dropout_backward", (w(2, 3), w(2, 3), w(2, 3), False, 7, 0)),
+        ("meta_dropout_double_backward", (w(2, 3), w(2, 3), w(2, 3), w(2, 3), w(2, 3), False, 7, 0)),
+        ("meta_dropout_double_backward", (w(4), w(4), w(4), w(4), w(4), True, 7, 4)),
     ]
 
 

@@ -146,6 +146,21 @@ def test_meta_dropout(backend, dtype, deterministic):
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("deterministic", [False, True])
+def test_meta_dropout_double_backward(backend, dtype, deterministic):
+    """The fused derivative of meta_dropout's backward against the reference formula, past softplus'
+    threshold (z > 20) and at large negative z, where softplus'' must not cancel."""
+    name, device = backend
+    xs = [make((37, 5), dtype, device, seed=i, noncontiguous=i == 2) * 3 for i in range(5)]
+    xs[4][0, :4] = torch.tensor([25.0, -30.0, 19.5, -12.0], dtype=dtype, device=device)
+    ns = dg.ops._kernels(name, xs[0].device)
+    got = ns.meta_dropout_double_backward(*xs, deterministic, 2**40, 8)
+    want = R.meta_dropout_double_backward(*(x.cpu() for x in xs), deterministic=deterministic, seed=2**40, offset=8)
+    for g, w in zip(got, want):
+        assert_matches(g, w, backend, ulps=4)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
 def test_logit_noise(backend, dtype):
     # One update kernel in mode "normal" (lr = -1): mu + softplus(s) * eps, exact like the updates.
     name, device = backend

@@ -145,6 +145,18 @@ def softplus_grad(z):
 
 
 @triton.jit
+def softplus_grad2(z):
+    """softplus''(z) = e / (1 + e)^2, e = exp(-|z|); 0 above 20 (csrc/dropgrad_math.h:softplus_grad2_from_exp)."""
+    if z.dtype == tl.float64:
+        e = tl.exp(-tl.abs(z))
+        r = e / ((1.0 + e) * (1.0 + e))
+    else:
+        e = exp_f(-tl.abs(z))
+        r = tl.div_rn(e, (1.0 + e) * (1.0 + e))
+    return tl.where(z > 20.0, 0.0, r)
+
+
+@triton.jit
 def cast_out(x, DT: tl.constexpr):
     """x (float32/float64) in the output dtype, rounded to nearest even. bfloat16 is rounded by
     hand, as c10::BFloat16 does: Triton's interpreter truncates it, the GPU rounds; this agrees on both."""

@@ -61,6 +61,8 @@ def configurations():
                {"out_ptr": f"*{d}", "f_ptr": f"*{d}", "a_ptr": f"*{d}", **base}, meta)
         yield (f"meta_dropout_backward[{d},noisy={noisy},state={state}]", K.meta_dropout_backward_kernel,
                {"gf_ptr": f"*{d}", "ga_ptr": f"*{d}", "gout_ptr": f"*{d}", "f_ptr": f"*{d}", "a_ptr": f"*{d}", **base}, meta)
+        yield (f"meta_dropout_double_backward[{d},noisy={noisy},state={state}]", K.meta_dropout_double_backward_kernel,
+               {**{f"{k}_ptr": f"*{d}" for k in ("dgo", "df", "da", "ggf", "gga", "gout", "f", "a")}, **base}, meta)
     yield ("philox4x32_10", K.philox_kernel, {"out_ptr": "*i64", "counter_ptr": "*i64", "key_ptr": "*i64", "n": "i64",
                                               "BLOCK": "constexpr"}, {"BLOCK": 1024})
 

@@ -11,7 +11,7 @@ seed or offset does not recompile.
 import triton
 import triton.language as tl
 
-from ._math import cast_out, noise_tile, softplus, softplus_grad
+from ._math import cast_out, noise_tile, softplus, softplus_grad, softplus_grad2
 
 ROWS = 256
 ROWS_C = tl.constexpr(ROWS)
@@ -140,6 +140,23 @@ def meta_dropout_backward_kernel(gf_ptr, ga_ptr, gout_ptr, f_ptr, a_ptr, state_p
     f = tl.load(f_ptr + idx, mask=mask).to(ACC)
     tl.store(gf_ptr + idx, cast_out(g * softplus(z), gf_ptr.dtype.element_ty), mask=mask)
     tl.store(ga_ptr + idx, cast_out((g * f) * softplus_grad(z), ga_ptr.dtype.element_ty), mask=mask)
+
+
+@triton.jit(do_not_specialize=["n", "seed", "q0"])
+def meta_dropout_double_backward_kernel(dgo_ptr, df_ptr, da_ptr, ggf_ptr, gga_ptr, gout_ptr, f_ptr, a_ptr, state_ptr, n,
+                                        seed, q0, NOISY: tl.constexpr, ACC: tl.constexpr, HAS_STATE: tl.constexpr):
+    """csrc/dropgrad_math.h:meta_dropout_double_backward, in its operation order."""
+    rows, idx, mask = _tile(n)
+    z = _meta_dropout_z(a_ptr, idx, mask, rows, seed, q0, state_ptr, NOISY, HAS_STATE, ACC)
+    ggf = tl.load(ggf_ptr + idx, mask=mask).to(ACC)
+    gga = tl.load(gga_ptr + idx, mask=mask).to(ACC)
+    g = tl.load(gout_ptr + idx, mask=mask).to(ACC)
+    f = tl.load(f_ptr + idx, mask=mask).to(ACC)
+    s = softplus_grad(z)
+    dt = dgo_ptr.dtype.element_ty
+    tl.store(dgo_ptr + idx, cast_out(ggf * softplus(z) + (gga * f) * s, dt), mask=mask)
+    tl.store(df_ptr + idx, cast_out((gga * g) * s, dt), mask=mask)
+    tl.store(da_ptr + idx, cast_out((ggf * g) * s + ((gga * g) * f) * softplus_grad2(z), dt), mask=mask)
 
 
 @triton.jit(do_not_specialize=["n"])

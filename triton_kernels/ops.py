@@ -151,6 +151,16 @@ def meta_dropout_backward(grad_out, f, a, deterministic, seed, offset, rng_state
     return gf, ga
 
 
+def meta_dropout_double_backward(grad_grad_f, grad_grad_a, grad_out, f, a, deterministic, seed, offset, rng_state=None):
+    fc = f.contiguous()
+    ins = [t.contiguous().to(fc.dtype) for t in (grad_grad_f, grad_grad_a, grad_out)]
+    outs = [torch.empty_like(fc) for _ in range(3)]
+    state, has_state = _state(rng_state, fc)
+    _launch(K.meta_dropout_double_backward_kernel, _grid(fc.numel()), *outs, *ins, fc, a.contiguous(), state, fc.numel(),
+            seed, offset // 4, NOISY=not deterministic, ACC=_tl(_acc(fc.dtype)), HAS_STATE=has_state)
+    return tuple(outs)
+
+
 def philox4x32_10(counter, key):
     c, k = counter.contiguous(), key.contiguous()
     out = torch.empty_like(c)

@@ -270,14 +270,15 @@ __attribute__((always_inline)) inline void softplus_passes(const scalar_t* a, co
   }
 }
 
-// softplus(z), or with Grad its derivative, from *e = exp(-|z|) in float math; double math calls
-// the plain functions and never reads *e (softplus_passes leaves it unset).
-template <bool Grad, typename acc_t>
+// softplus(z), or its Order-th derivative (1 or 2), from *e = exp(-|z|) in float math; double math
+// calls the plain functions and never reads *e (softplus_passes leaves it unset).
+template <int Order, typename acc_t>
 __attribute__((always_inline)) inline acc_t softplus_of(acc_t z, const acc_t* e) {
   if constexpr (std::is_same<acc_t, float>::value) {
-    return Grad ? dg::softplus_grad_from_exp(z, *e) : dg::softplus_from_exp(z, *e);
+    return Order == 2 ? dg::softplus_grad2_from_exp(z, *e)
+                      : (Order == 1 ? dg::softplus_grad_from_exp(z, *e) : dg::softplus_from_exp(z, *e));
   } else {
-    return Grad ? dg::softplus_grad(z) : dg::softplus(z);
+    return Order == 2 ? dg::softplus_grad2(z) : (Order == 1 ? dg::softplus_grad(z) : dg::softplus(z));
   }
 }
 
@@ -288,7 +289,7 @@ void meta_dropout_range(const scalar_t* f, const scalar_t* a, scalar_t* __restri
   using acc_t = at::opmath_type<scalar_t>;
   alignas(32) acc_t z[kBlock], e[kBlock];
   softplus_passes(a, eps, n, z, e);
-  for (int64_t i = 0; i < n; ++i) out[i] = static_cast<scalar_t>(static_cast<acc_t>(f[i]) * softplus_of<false>(z[i], e + i));
+  for (int64_t i = 0; i < n; ++i) out[i] = static_cast<scalar_t>(static_cast<acc_t>(f[i]) * softplus_of<0>(z[i], e + i));
 }
 
 // (grad_out * softplus(z), grad_out * f * softplus'(z)), z = a + eps.
@@ -300,8 +301,32 @@ void meta_dropout_backward_range(const scalar_t* gout, const scalar_t* f, const 
   auto x = [](auto v) { return static_cast<acc_t>(v); };
   alignas(32) acc_t z[kBlock], e[kBlock];
   softplus_passes(a, eps, n, z, e);
-  for (int64_t i = 0; i < n; ++i) gf[i] = static_cast<scalar_t>(x(gout[i]) * softplus_of<false>(z[i], e + i));
-  for (int64_t i = 0; i < n; ++i) ga[i] = static_cast<scalar_t>((x(gout[i]) * x(f[i])) * softplus_of<true>(z[i], e + i));
+  for (int64_t i = 0; i < n; ++i) gf[i] = static_cast<scalar_t>(x(gout[i]) * softplus_of<0>(z[i], e + i));
+  for (int64_t i = 0; i < n; ++i) ga[i] = static_cast<scalar_t>((x(gout[i]) * x(f[i])) * softplus_of<1>(z[i], e + i));
+}
+
+// meta_dropout's double backward (dg::meta_dropout_double_backward) over a block: softplus and its
+// two derivatives each a pass into a buffer, then the combination.
+template <typename scalar_t>
+__attribute__((target_clones("avx2", "default")))
+void meta_dropout_double_backward_range(const scalar_t* ggf, const scalar_t* gga, const scalar_t* gout,
+                                        const scalar_t* f, const scalar_t* a, scalar_t* __restrict d_gout,
+                                        scalar_t* __restrict d_f, scalar_t* __restrict d_a, int64_t n,
+                                        const float* eps) {
+  using acc_t = at::opmath_type<scalar_t>;
+  auto x = [](auto v) { return static_cast<acc_t>(v); };
+  alignas(32) acc_t z[kBlock], e[kBlock], sp[kBlock], s[kBlock], ds[kBlock];
+  softplus_passes(a, eps, n, z, e);
+  for (int64_t i = 0; i < n; ++i) sp[i] = softplus_of<0>(z[i], e + i);
+  for (int64_t i = 0; i < n; ++i) s[i] = softplus_of<1>(z[i], e + i);
+  for (int64_t i = 0; i < n; ++i) ds[i] = softplus_of<2>(z[i], e + i);
+  for (int64_t i = 0; i < n; ++i) {
+    acc_t o0, o1, o2;
+    dg::meta_dropout_double_backward(x(ggf[i]), x(gga[i]), x(gout[i]), x(f[i]), sp[i], s[i], ds[i], &o0, &o1, &o2);
+    d_gout[i] = static_cast<scalar_t>(o0);
+    d_f[i] = static_cast<scalar_t>(o1);
+    d_a[i] = static_cast<scalar_t>(o2);
+  }
 }
 
 void check_floating(const at::Tensor& t, const char* name) {
@@ -540,6 +565,31 @@ std::tuple<at::Tensor, at::Tensor> meta_dropout_backward_cpu(const at::Tensor& g
   return {gf, ga};
 }
 
+std::tuple<at::Tensor, at::Tensor, at::Tensor> meta_dropout_double_backward_cpu(
+    const at::Tensor& grad_grad_f, const at::Tensor& grad_grad_a, const at::Tensor& grad_out, const at::Tensor& f,
+    const at::Tensor& a, bool deterministic, int64_t seed, int64_t offset, const OptTensor& rng_state) {
+  resolve_seed(rng_state, seed, offset);
+  check_floating(f, "f");
+  for (const at::Tensor* t : {&grad_grad_f, &grad_grad_a, &grad_out, &a}) {
+    TORCH_CHECK(t->sizes() == f.sizes() && t->device() == f.device(),
+                "grad_grad_f, grad_grad_a, grad_out, f and a must have the same shape and device");
+  }
+  const auto dt = f.scalar_type();
+  const at::Tensor ggf = grad_grad_f.contiguous().to(dt), gga = grad_grad_a.contiguous().to(dt);
+  const at::Tensor gc = grad_out.contiguous().to(dt), fc = f.contiguous(), ac = a.contiguous().to(dt);
+  at::Tensor d_gout = empty_output(fc), d_f = empty_output(fc), d_a = empty_output(fc);
+  const Stream st = make_stream(0.0, deterministic ? dg::kNone : dg::kNormal, seed);
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, dt, "meta_dropout_double_backward", [&] {
+    const scalar_t *p0 = ggf.data_ptr<scalar_t>(), *p1 = gga.data_ptr<scalar_t>(), *p2 = gc.data_ptr<scalar_t>();
+    const scalar_t *p3 = fc.data_ptr<scalar_t>(), *p4 = ac.data_ptr<scalar_t>();
+    scalar_t *o0 = d_gout.data_ptr<scalar_t>(), *o1 = d_f.data_ptr<scalar_t>(), *o2 = d_a.data_ptr<scalar_t>();
+    for_each_block(fc.numel(), offset, st, [&](int64_t b, int64_t n, const float* nz) {
+      meta_dropout_double_backward_range(p0 + b, p1 + b, p2 + b, p3 + b, p4 + b, o0 + b, o1 + b, o2 + b, n, nz);
+    });
+  });
+  return {d_gout, d_f, d_a};
+}
+
 }  // namespace
 
 TORCH_LIBRARY_IMPL(dropgrad, CPU, m) {
@@ -551,4 +601,5 @@ TORCH_LIBRARY_IMPL(dropgrad, CPU, m) {
   m.impl("dropgrad_step_", &dropgrad_step__cpu);
   m.impl("meta_dropout", &meta_dropout_cpu);
   m.impl("meta_dropout_backward", &meta_dropout_backward_cpu);
+  m.impl("meta_dropout_double_backward", &meta_dropout_double_backward_cpu);
 }

@@ -203,6 +203,31 @@ std::tuple<at::Tensor, at::Tensor> meta_dropout_backward(const at::Tensor& grad_
   return {gf, ga};
 }
 
+template <class D>
+std::tuple<at::Tensor, at::Tensor, at::Tensor> meta_dropout_double_backward(
+    const at::Tensor& grad_grad_f, const at::Tensor& grad_grad_a, const at::Tensor& grad_out, const at::Tensor& f,
+    const at::Tensor& a, bool deterministic, int64_t seed, int64_t offset, const OptTensor& rng_state) {
+  check<D>(f, "f");
+  const at::Tensor* ins[5] = {&grad_grad_f, &grad_grad_a, &grad_out, &f, &a};
+  for (const at::Tensor* t : ins) {
+    TORCH_CHECK(t->sizes() == f.sizes() && t->device() == f.device(),
+                "grad_grad_f, grad_grad_a, grad_out, f and a must have the same shape and device");
+  }
+  const typename D::Guard guard(f.device());
+  at::Tensor c[5];
+  const void* in[5];
+  for (int i = 0; i < 5; ++i) {
+    c[i] = ins[i]->contiguous().to(f.scalar_type());
+    in[i] = c[i].data_ptr();
+  }
+  at::Tensor d_gout = at::empty_like(c[3]), d_f = at::empty_like(c[3]), d_a = at::empty_like(c[3]);
+  void* out[3] = {d_gout.data_ptr(), d_f.data_ptr(), d_a.data_ptr()};
+  dg_cuda::meta_dropout_double_backward(D::launch(), dtype_of(c[3]), in, out, c[3].numel(),
+                                        rng(0.0, deterministic ? dg::kNone : dg::kNormal, seed, rng_state, c[3]),
+                                        offset / 4);
+  return {d_gout, d_f, d_a};
+}
+
 }  // namespace host
 
 // Registers the ops above for device policy D into a TORCH_LIBRARY_IMPL block.
@@ -216,6 +241,7 @@ void register_kernels(torch::Library& m) {
   m.impl("dropgrad_step_", &host::dropgrad_step_<D>);
   m.impl("meta_dropout", &host::meta_dropout<D>);
   m.impl("meta_dropout_backward", &host::meta_dropout_backward<D>);
+  m.impl("meta_dropout_double_backward", &host::meta_dropout_double_backward<D>);
 }
 
 }  // namespace dg_cuda

@@ -286,6 +286,49 @@ struct meta_dropout_backward_kernel {
   }
 };
 
+template <typename T>
+struct meta_dropout_double_backward_kernel {
+  const T* ggf;
+  const T* gga;
+  const T* gout;
+  const T* f;
+  const T* a;
+  T* d_gout;
+  T* d_f;
+  T* d_a;
+  int64_t n;
+  Rng rng;
+  int64_t q0;
+  DG_HD void operator()(const Idx& t) const {
+    using A = typename Acc<T>::type;
+    const size_t b = 4 * sizeof(T);
+    const bool vec = aligned(ggf, b) && aligned(gga, b) && aligned(gout, b) && aligned(f, b) && aligned(a, b) &&
+                     aligned(d_gout, b) && aligned(d_f, b) && aligned(d_a, b);
+    for_each_counter(t, n, rng, q0, [&](const dg::Stream& st, int64_t q, int64_t i) {
+      T v0[4], v1[4], v2[4], fv[4], av[4], o0[4], o1[4], o2[4];
+      A z[4];
+      load4(ggf, i, n, vec, v0);
+      load4(gga, i, n, vec, v1);
+      load4(gout, i, n, vec, v2);
+      load4(f, i, n, vec, fv);
+      load4(a, i, n, vec, av);
+      meta_z(st, q, av, z);
+      for (int k = 0; k < 4; ++k) {
+        A r0, r1, r2;
+        dg::meta_dropout_double_backward(to_acc(v0[k]), to_acc(v1[k]), to_acc(v2[k]), to_acc(fv[k]),
+                                         dg::softplus(z[k]), dg::softplus_grad(z[k]), dg::softplus_grad2(z[k]), &r0,
+                                         &r1, &r2);
+        o0[k] = from_acc<T, A>(r0);
+        o1[k] = from_acc<T, A>(r1);
+        o2[k] = from_acc<T, A>(r2);
+      }
+      store4(d_gout, i, n, vec, o0);
+      store4(d_f, i, n, vec, o1);
+      store4(d_a, i, n, vec, o2);
+    });
+  }
+};
+
 struct philox4x32_10_kernel {
   const int64_t* counter;
   const int64_t* key;
@@ -410,6 +453,19 @@ void meta_dropout_backward(const L& launch, DType dt, const void* grad_out, cons
 }
 
 template <class L>
+void meta_dropout_double_backward(const L& launch, DType dt, const void* const in[5], void* const out[3], int64_t n,
+                                  const Rng& rng, int64_t q0) {
+  if (n == 0) return;
+  kernels::dispatch(dt, [&](auto tag) {
+    using T = decltype(tag);
+    auto c = [&](int i) { return static_cast<const T*>(in[i]); };
+    auto o = [&](int i) { return static_cast<T*>(out[i]); };
+    launch(kernels::blocks_for(kernels::counters(n), launch.max_blocks),
+           kernels::meta_dropout_double_backward_kernel<T>{c(0), c(1), c(2), c(3), c(4), o(0), o(1), o(2), n, rng, q0});
+  });
+}
+
+template <class L>
 void philox4x32_10(const L& launch, const int64_t* counter, const int64_t* key, int64_t* out, int64_t n) {
   if (n == 0) return;
   launch(kernels::blocks_for(n, launch.max_blocks), kernels::philox4x32_10_kernel{counter, key, out, n});
@@ -431,4 +487,6 @@ void philox4x32_10(const L& launch, const int64_t* counter, const int64_t* key, 
                                          const dg_cuda::Rng&, int64_t);                                              \
   template void dg_cuda::meta_dropout_backward<L>(const L&, dg_cuda::DType, const void*, const void*, const void*,   \
                                                   void*, void*, int64_t, const dg_cuda::Rng&, int64_t);              \
+  template void dg_cuda::meta_dropout_double_backward<L>(const L&, dg_cuda::DType, const void* const[5],          \
+                                                         void* const[3], int64_t, const dg_cuda::Rng&, int64_t);    \
   template void dg_cuda::philox4x32_10<L>(const L&, const int64_t*, const int64_t*, int64_t*, int64_t);

@@ -74,6 +74,10 @@ void meta_dropout(const L& launch, DType dt, const void* f, const void* a, void*
 template <class L>
 void meta_dropout_backward(const L& launch, DType dt, const void* grad_out, const void* f, const void* a, void* gf,
                            void* ga, int64_t n, const Rng& rng, int64_t q0);
+// in: grad_grad_f, grad_grad_a, grad_out, f, a; out: d grad_out, d f, d a.
+template <class L>
+void meta_dropout_double_backward(const L& launch, DType dt, const void* const in[5], void* const out[3], int64_t n,
+                                  const Rng& rng, int64_t q0);
 template <class L>
 void philox4x32_10(const L& launch, const int64_t* counter, const int64_t* key, int64_t* out, int64_t n);
 
