@@ -91,7 +91,7 @@ FUSED_EVENTS = {
                  "backward and double backward": ["DropgradStepFnBackward", "DropGradFnBackward"]},
     "Meta-Dropout": {"forward (meta_dropout)": ["dropgrad::meta_dropout"],
                      "backward (fused meta_dropout_backward)": ["MetaDropoutFnBackward"],
-                     "double backward (composite ops)": ["MetaDropoutBackwardFnBackward"]},
+                     "double backward (fused meta_dropout_double_backward)": ["MetaDropoutBackwardFnBackward"]},
 }
 
 
