@@ -4,12 +4,14 @@ torch._foreach_add for lists), which moves the same bytes with no noise. The opt
 (DropGradSGD) against torch.optim.SGD with the eager noise, and plain SGD as its floor.
 
 DROPGRAD_BENCH_FULL=1 (the report's --full) adds 4K, 1M and 64M elements and bfloat16."""
+import math
 import os
 
 import torch
 import torch.nn.functional as F
 
 import dropgrad_cuda as dg
+from dropgrad_cuda.cuda_build import ELEMENTS_MOVED
 from benchmarks.models import P, SIGMA, conv4_shapes, published_dropgrad_step, resnet18_shapes, tensors
 
 FULL = os.environ.get("DROPGRAD_BENCH_FULL") == "1"
@@ -43,7 +45,7 @@ def fused_meta_dropout(f, a):
     return dg.meta_dropout(f, a)
 
 
-def optimizer_step(impl, ws, gs, wd=5e-4):
+def optimizer_step(impl, ws, gs, wd=5e-4, backend="auto"):
     """One optimizer step with weight decay over a parameter list: DropGradSGD (one fused in-place
     pass), torch.optim.SGD(foreach=True) after the published eager noise is put on .grad, and the
     plain SGD(foreach=True) step as the floor."""
@@ -52,8 +54,8 @@ def optimizer_step(impl, ws, gs, wd=5e-4):
     params = [torch.nn.Parameter(w) for w in ws]
     for w, g in zip(params, gs):
         w.grad = g
-    if impl == "fused":
-        return DropGradSGD(params, lr=LR, p=P, weight_decay=wd).step
+    if impl not in ("eager", "floor"):
+        return DropGradSGD(params, lr=LR, p=P, weight_decay=wd, backend=backend).step
     opt = torch.optim.SGD(params, lr=LR, weight_decay=wd, foreach=True)
     if impl == "floor":
         return opt.step
@@ -69,6 +71,10 @@ _compiled = {}
 
 
 def compiled(fn):
+    """torch.compile(fn) specialized to each case's shapes, dtypes and mode: up to 5 sizes x 2
+    dtypes x 2 modes here, beyond dynamo's default of 8 graphs a function (past which it would
+    quietly run the eager code)."""
+    torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 64)
     if fn not in _compiled:
         _compiled[fn] = torch.compile(fn, dynamic=False)
     return _compiled[fn]
@@ -85,9 +91,9 @@ class Case:
         return f"{self.op}|{self.size}|{str(self.dtype).split('.')[-1]}|{self.impl}"
 
 
-def _flat(n, k, dtype, grad=False):
+def _flat(n, k, dtype, grad=False, device="cpu"):
     g = torch.Generator().manual_seed(0)
-    return [torch.randn(n, generator=g).to(dtype).requires_grad_(grad) for _ in range(k)]
+    return [torch.randn(n, generator=g).to(device, dtype).requires_grad_(grad) for _ in range(k)]
 
 
 def _fwd_bwd(fn, f, a, gout):
@@ -96,53 +102,76 @@ def _fwd_bwd(fn, f, a, gout):
     return run
 
 
-def cases():
+# The fused kernels each benchmark row runs, for its bytes moved (dropgrad_cuda.cuda_build.ELEMENTS_MOVED).
+KERNELS = {"optimizer_step": ["dropgrad_step"], "meta_dropout/fwd": ["meta_dropout"],
+           "meta_dropout/fwd+bwd": ["meta_dropout", "meta_dropout_backward"]}
+
+
+def bytes_per_element(op, dtype):
+    kernels = KERNELS.get(op) or [op.split("/")[0]]
+    return sum(ELEMENTS_MOVED[k] for k in kernels) * dtype.itemsize
+
+
+def numel(size):
+    """Elements of a case's size: a parameter list's total, or a flat size such as "112K" or "64M"."""
+    if size in LISTS:
+        return sum(math.prod(s) for s in LISTS[size]())
+    return int(float(size[:-1]) * {"K": 1e3, "M": 1e6}[size[-1]])
+
+
+def cases(sizes=None, md_sizes=None, dtypes=None, device="cpu", fused=None, lists=True, with_compile=True):
+    """Every benchmark row. fused: {impl name: backend} of the fused rows (the CPU report: one
+    "fused" row on the default backend; the GPU report: one per GPU backend)."""
+    sizes, md_sizes, dtypes = sizes or SIZES, md_sizes or MD_SIZES, dtypes or DTYPES
+    fused = fused or {"fused": "auto"}
+    flat = lambda n, k, dtype, grad=False: _flat(n, k, dtype, grad, device)  # noqa: E731
     out = []
-    for (size, n), dtype in ((s, d) for s in SIZES.items() for d in DTYPES):
+    keep = lambda c: with_compile or c.impl != "compile"  # noqa: E731
+    for (size, n), dtype in ((s, d) for s in sizes.items() for d in dtypes):
         for mode in ("gaussian", "bernoulli"):
             def upd(impl, mode=mode, n=n, dtype=dtype):
-                w, g = _flat(n, 2, dtype)
-                return {"fused": lambda: dg.dropgrad_update(w, g, LR, P, mode),
-                        "eager": lambda: eager_update(w, g, mode),
+                w, g = flat(n, 2, dtype)
+                if impl in fused:
+                    return lambda: dg.dropgrad_update(w, g, LR, P, mode, backend=fused[impl])
+                return {"eager": lambda: eager_update(w, g, mode),
                         "compile": lambda: compiled(eager_update)(w, g, mode),
                         "floor": lambda: torch.add(w, g, alpha=-LR)}[impl]
 
             def drop(impl, mode=mode, n=n, dtype=dtype):
-                (g,) = _flat(n, 1, dtype)
-                return {"fused": lambda: dg.drop_grad(g, P, mode), "eager": lambda: eager_drop_grad(g, mode),
-                        "compile": lambda: compiled(eager_drop_grad)(g, mode)}[impl]
+                (g,) = flat(n, 1, dtype)
+                if impl in fused:
+                    return lambda: dg.drop_grad(g, P, mode, backend=fused[impl])
+                return {"eager": lambda: eager_drop_grad(g, mode), "compile": lambda: compiled(eager_drop_grad)(g, mode)}[impl]
 
             out += [Case(f"dropgrad_update/{mode}", size, i, dtype, lambda i=i, u=upd: u(i))
-                    for i in ("fused", "eager", "compile", "floor")]
-            out += [Case(f"drop_grad/{mode}", size, i, dtype, lambda i=i, d=drop: d(i)) for i in ("fused", "eager", "compile")]
-    for (size, n), dtype in ((s, d) for s in MD_SIZES.items() for d in DTYPES):
-        for impl, fn in (("fused", fused_meta_dropout), ("eager", eager_meta_dropout)):
+                    for i in (*fused, "eager", "compile", "floor")]
+            out += [Case(f"drop_grad/{mode}", size, i, dtype, lambda i=i, d=drop: d(i)) for i in (*fused, "eager", "compile")]
+    for (size, n), dtype in ((s, d) for s in md_sizes.items() for d in dtypes):
+        impls = {**{i: (lambda f, a, b=b: dg.meta_dropout(f, a, backend=b)) for i, b in fused.items()},
+                 "eager": eager_meta_dropout, "compile": lambda f, a: compiled(eager_meta_dropout)(f, a)}
+        for impl, fn in impls.items():
             out.append(Case("meta_dropout/fwd", size, impl, dtype,
-                            lambda fn=fn, n=n, dtype=dtype: (lambda f, a: lambda: fn(f, a))(*_flat(n, 2, dtype))))
+                            lambda fn=fn, n=n, dtype=dtype: (lambda f, a: lambda: fn(f, a))(*flat(n, 2, dtype))))
             out.append(Case("meta_dropout/fwd+bwd", size, impl, dtype,
-                            lambda fn=fn, n=n, dtype=dtype: _fwd_bwd(fn, *_flat(n, 2, dtype, True), *_flat(n, 1, dtype))))
-        for name, fn in (("meta_dropout/fwd", eager_meta_dropout), ("meta_dropout/fwd+bwd", eager_meta_dropout)):
-            if name.endswith("bwd"):
-                make = lambda n=n, dtype=dtype: _fwd_bwd(lambda f, a: compiled(eager_meta_dropout)(f, a),  # noqa: E731
-                                                         *_flat(n, 2, dtype, True), *_flat(n, 1, dtype))
-            else:
-                make = lambda n=n, dtype=dtype: (lambda f, a: lambda: compiled(eager_meta_dropout)(f, a))(  # noqa: E731
-                    *_flat(n, 2, dtype))
-            out.append(Case(name, size, "compile", dtype, make))
-    for size, shapes in {**LISTS, "11M": lambda: [(SIZES["11M"],)]}.items():
+                            lambda fn=fn, n=n, dtype=dtype: _fwd_bwd(fn, *flat(n, 2, dtype, True), *flat(n, 1, dtype))))
+    if not lists:
+        return list(filter(keep, out))
+    for size, shapes in {**LISTS, "11M": lambda: [(11_000_000,)]}.items():
         def opt(impl, shapes=shapes):
-            return optimizer_step(impl, tensors(shapes(), 0), tensors(shapes(), 1))
+            ws, gs = tensors(shapes(), 0, device=device), tensors(shapes(), 1, device=device)
+            return optimizer_step(impl, ws, gs, backend=fused.get(impl, "auto"))
 
         out += [Case("optimizer_step/gaussian", size, i, torch.float32, lambda i=i, o=opt: o(i))
-                for i in ("fused", "eager", "floor")]
+                for i in (*fused, "eager", "floor")]
     for size, shapes in LISTS.items():
         def step(impl, shapes=shapes):
-            ws, gs = tensors(shapes(), 0), tensors(shapes(), 1)
-            return {"fused": lambda: dg.dropgrad_step(ws, gs, LR, P, "gaussian"),
-                    "eager": lambda: published_dropgrad_step(ws, gs, LR),
+            ws, gs = tensors(shapes(), 0, device=device), tensors(shapes(), 1, device=device)
+            if impl in fused:
+                return lambda: dg.dropgrad_step(ws, gs, LR, P, "gaussian", backend=fused[impl])
+            return {"eager": lambda: published_dropgrad_step(ws, gs, LR),
                     "compile": lambda: compiled(published_dropgrad_step)(ws, gs, LR),
                     "floor": lambda: torch._foreach_add(ws, gs, alpha=-LR)}[impl]
 
         out += [Case("dropgrad_step/gaussian", size, i, torch.float32, lambda i=i, s=step: s(i))
-                for i in ("fused", "eager", "compile", "floor")]
-    return out
+                for i in (*fused, "eager", "compile", "floor")]
+    return list(filter(keep, out))

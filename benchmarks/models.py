@@ -26,9 +26,9 @@ def resnet18_shapes(classes=1000):
     return shapes + [(classes, 512), (classes,)]
 
 
-def tensors(shapes, seed=0, dtype=torch.float32):
+def tensors(shapes, seed=0, dtype=torch.float32, device="cpu"):
     g = torch.Generator().manual_seed(seed)
-    return [torch.randn(s, generator=g).to(dtype) * 0.1 for s in shapes]
+    return [torch.randn(s, generator=g).to(device, dtype) * 0.1 for s in shapes]
 
 
 def conv4_forward(params, x, query=False, *, phi=None, block=None):
@@ -91,11 +91,12 @@ def meta_iteration(step, params, tasks, inner_steps=5, lr=0.01, forward=conv4_fo
     return meta_loss
 
 
-def few_shot_tasks(n_tasks=4, ways=5, shots=5, queries=15, image=84, seed=0):
+def few_shot_tasks(n_tasks=4, ways=5, shots=5, queries=15, image=84, seed=0, device="cpu"):
     g = torch.Generator().manual_seed(seed)
     out = []
     for _ in range(n_tasks):
         xs = torch.randn(ways * shots, 3, image, image, generator=g)
         xq = torch.randn(ways * queries, 3, image, image, generator=g)
-        out.append((xs, torch.arange(ways).repeat_interleave(shots), xq, torch.arange(ways).repeat_interleave(queries)))
+        labels = [torch.arange(ways).repeat_interleave(k) for k in (shots, queries)]
+        out.append(tuple(t.to(device) for t in (xs, labels[0], xq, labels[1])))
     return out

@@ -72,42 +72,50 @@ def _ms(v):
     return f"{v:.3f}" if v is not None and v < 1 else (f"{v:.2f}" if v is not None else "-")
 
 
-def speed_table(rows):
-    lines = ["| op | size | dtype | fused ms | eager ms | compile ms | floor ms | eager/fused | compile/fused | fused/floor |",
-             "| --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+def speed_table(rows, impls=("fused",)):
+    """The op table; impls: the fused rows' names (one on the CPU, one per backend on a GPU)."""
+    ratios = [(f"eager/{i}", "eager", i) for i in impls] + [(f"compile/{i}", "compile", i) for i in impls] + \
+        [(f"{i}/floor", i, "floor") for i in impls]
+    times = [*impls, "eager", "compile", "floor"]
+    lines = ["| op | size | dtype | " + " | ".join(f"{t} ms" for t in times) + " | " +
+             " | ".join(name for name, _, _ in ratios) + " |",
+             "| --- | --- | --- | " + " | ".join("---:" for _ in times + ratios) + " |"]
     for (op, size, dtype), r in rows.items():
-        fu, ea, co, fl = (r.get(k) for k in ("fused", "eager", "compile", "floor"))
-        lines.append(f"| {op} | {size} | {dtype} | {_ms(fu)} | {_ms(ea)} | {_ms(co)} | {_ms(fl)} | {_ratio(ea, fu)} | "
-                     f"{_ratio(co, fu)} | {_ratio(fu, fl)} |")
+        lines.append(f"| {op} | {size} | {dtype} | " + " | ".join(_ms(r.get(t)) for t in times) + " | " +
+                     " | ".join(_ratio(r.get(a), r.get(b)) for _, a, b in ratios) + " |")
     return "\n".join(lines)
 
 
-def plot(rows, path):
+def plot(rows, path, sizes=None, ylabel="median ms (float32, 2 threads)"):
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from benchmarks.cases import MD_SIZES
+    from benchmarks.cases import MD_SIZES, numel
 
-    sizes = defaultdict(set)
+    sizes = sizes or MD_SIZES
+    per_op = defaultdict(set)
     for op, size, _ in rows:
-        if size in MD_SIZES:
-            sizes[op].add(size)
-    ops = sorted(op for op, s in sizes.items() if len(s) > 1)  # a curve needs two sizes
+        if size in sizes:
+            per_op[op].add(size)
+    ops = sorted(op for op, s in per_op.items() if len(s) > 1)  # a curve needs two sizes
     if not ops:
         return
+    impls = sorted({i for (op, size, d), r in rows.items() if op in ops for i in r},
+                   key=lambda i: (i in ("eager", "compile", "floor"), i))
+    styles = {"eager": "s--", "compile": "^:", "floor": "k-"}
     fig, axes = plt.subplots(1, len(ops), figsize=(4.2 * len(ops), 3.6), squeeze=False)
     for ax, op in zip(axes[0], ops):
-        for impl, style in (("fused", "o-"), ("eager", "s--"), ("compile", "^:"), ("floor", "k-")):
-            pts = sorted((MD_SIZES[s], r[impl]) for (o, s, d), r in rows.items()
-                         if o == op and d == "float32" and s in MD_SIZES and impl in r)
+        for impl in impls:
+            pts = sorted((numel(s), r[impl]) for (o, s, d), r in rows.items()
+                         if o == op and d == "float32" and s in sizes and impl in r)
             if pts:
-                ax.plot(*zip(*pts), style, label=impl, linewidth=2.5 if impl == "floor" else 1.5)
+                ax.plot(*zip(*pts), styles.get(impl, "o-"), label=impl, linewidth=2.5 if impl == "floor" else 1.5)
         ax.set(xscale="log", yscale="log", title=op, xlabel="elements")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
-    axes[0][0].set_ylabel("median ms (float32, 2 threads)")
+    axes[0][0].set_ylabel(ylabel)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
 

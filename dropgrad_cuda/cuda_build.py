@@ -1,7 +1,11 @@
 """What the built CUDA kernels are: architectures and per-kernel resources, read from the library
 with cuobjdump (the one Triton's wheel ships), no GPU needed.
 
-    python -m dropgrad_cuda.cuda_build      prints the resource table of every kernel and arch
+    python -m dropgrad_cuda.cuda_build               the resource table of every kernel and arch
+    python -m dropgrad_cuda.cuda_build --sass        the per-element instruction counts of every CUDA
+                                                     kernel and of the AOT-compiled Triton kernels,
+                                                     and the predicted bound on A100 and H100
+    python -m dropgrad_cuda.cuda_build --sass --update-doc    writes that into docs/gpu.md
 """
 import os
 import re
@@ -11,6 +15,13 @@ import sys
 import triton
 
 from . import _C
+
+
+# Elements of the op's dtype each fused op reads and writes once per element (its inputs and
+# outputs; a scalar lr and the noise, made in registers, move nothing): the bytes a memory-bound
+# kernel's time is bounded by. noise writes float32 only.
+ELEMENTS_MOVED = {"noise": 1, "drop_grad": 2, "dropgrad_update": 3, "dropgrad_step": 3, "meta_dropout": 3,
+                  "meta_dropout_backward": 5, "meta_dropout_double_backward": 8}
 
 
 def cuobjdump():
@@ -50,7 +61,21 @@ def _short(mangled):
     return mangled
 
 
-def main():
+def main(argv=None):
+    import argparse
+
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--sass", action="store_true", help="instruction counts and predicted bounds (see docs/gpu.md)")
+    ap.add_argument("--update-doc", action="store_true", help="with --sass: write the tables into docs/gpu.md")
+    args = ap.parse_args(argv)
+    if args.sass:
+        from . import sass
+
+        text = sass.report()
+        print(text)
+        if args.update_doc:
+            sass.update_doc(text)
+        return 0
     rows = resource_usage()
     print("| arch | kernel | registers | stack bytes | local (spill) bytes |\n| --- | --- | ---: | ---: | ---: |")
     for r in rows:

@@ -37,6 +37,25 @@ def test_library_holds_sm80_and_sm90_code_without_spills():
     assert all(stack == 0 and local == 0 for *_, stack, local in rows)
 
 
+@needs_cuda_build
+def test_docs_sass_tables_match_the_built_library():
+    """docs/gpu.md's SASS tables (python -m dropgrad_cuda.cuda_build --sass --update-doc) name
+    every kernel and architecture of this build and every fused op; their numbers are a build's."""
+    from dropgrad_cuda import sass
+    from dropgrad_cuda.cuda_build import ELEMENTS_MOVED, resource_usage
+
+    with open(os.path.join(ROOT, "docs", "gpu.md")) as fh:
+        doc = fh.read()
+    section = doc[doc.index(sass.BEGIN):doc.index(sass.END)]
+    rows = [[c.strip() for c in l.split("|")[1:-1]] for l in section.splitlines() if l.startswith("| ")]
+    counted = {(r[0], r[1], r[2]) for r in rows if len(r) == 4 + len(sass.CLASSES) and r[0] in ("CUDA", "Triton")}
+    built = {("CUDA", k, a) for a, k, *_ in resource_usage() if k != "unpack_kernel"}  # unpack: no per-element loop
+    triton = {("Triton", op, a) for op in sass.TRITON_OPS for a in ("sm_80", "sm_90")}
+    assert counted == built | triton
+    predicted = {(r[0], r[1]) for r in rows if len(r) == 7 and r[3] in ("memory", "compute")}
+    assert predicted == {(op, b) for op in ELEMENTS_MOVED for b in ("CUDA", "Triton")}
+
+
 def test_cpu_only_build_says_why():
     env = dict(os.environ, DROPGRAD_NO_CUDA="1")
     run = subprocess.run([sys.executable, "setup.py", "--name"], cwd=ROOT, env=env, capture_output=True, text=True,

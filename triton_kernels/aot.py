@@ -67,6 +67,16 @@ def configurations():
                                               "BLOCK": "constexpr"}, {"BLOCK": 1024})
 
 
+def compile_for(fn, sig, constexprs, arch):
+    return triton.compile(ASTSource(fn, sig, constexprs), target=GPUTarget("cuda", arch, 32),
+                          options={"num_warps": K.NUM_WARPS, "enable_fp_fusion": False})
+
+
+def cubin(fn, sig, constexprs, arch):
+    """The kernel's cubin for sm_<arch> (its SASS: dropgrad_cuda/sass.py)."""
+    return compile_for(fn, sig, constexprs, arch).asm["cubin"]
+
+
 def resources(ptx, arch):
     """(registers, spill store bytes, spill load bytes) from ptxas -v on the kernel's PTX."""
     with tempfile.TemporaryDirectory() as tmp:
@@ -87,11 +97,9 @@ def main(argv=None):
     if os.environ.get("TRITON_INTERPRET") == "1":
         sys.exit("unset TRITON_INTERPRET: the interpreter replaces the compiler")
     failed = 0
-    target = GPUTarget("cuda", args.arch, 32)
     for name, fn, sig, constexprs in configurations():
         try:
-            compiled = triton.compile(ASTSource(fn, sig, constexprs), target=target,
-                                      options={"num_warps": K.NUM_WARPS, "enable_fp_fusion": False})
+            compiled = compile_for(fn, sig, constexprs, args.arch)
             regs, st, ld = resources(compiled.asm["ptx"], args.arch)
             ok = st == 0 and ld == 0
             print(f"sm_{args.arch} {name}: {regs} registers, {st} bytes spill stores, {ld} bytes spill loads"
