@@ -108,7 +108,8 @@ KERNELS = {"optimizer_step": ["dropgrad_step"], "meta_dropout/fwd": ["meta_dropo
 
 
 def bytes_per_element(op, dtype):
-    kernels = KERNELS.get(op) or [op.split("/")[0]]
+    base = op.split("/")[0]
+    kernels = KERNELS.get(op) or KERNELS.get(base) or [base]
     return sum(ELEMENTS_MOVED[k] for k in kernels) * dtype.itemsize
 
 

@@ -77,7 +77,7 @@ def assemble(device, fused, sizes, dtypes, timer, out_dir, *, e2e=True, with_com
         for f in fused:
             gbs = moved / (r[f] / 1e3) / 1e9 if f in r else None
             bandwidth[f"{op}|{size}|{dtype}|{f}"] = gbs
-            cells.append("- | -" if gbs is None else f"{gbs:.0f} | {100 * gbs / copy:.0f}%")
+            cells.append("- | -" if gbs is None else f"{gbs:.3g} | {100 * gbs / copy:.0f}%")
         bw_lines.append(f"| {op} | {size} | {dtype} | " + " | ".join(cells) + " |")
     name = torch.cuda.get_device_name(device) if torch.device(device).type == "cuda" else "CPU"
     md = [f"# GPU report: {name}", "",

@@ -25,6 +25,7 @@ from benchmarks.models import conv4_forward, conv4_shapes, eager_meta_dropout_bl
     tensors
 
 TASKS, LR = 2, 0.01
+SHAPE = "Conv-4, 5-way 5-shot, 15 queries, 84x84, 5 inner steps, meta-batch of 2 tasks"
 DROPGRAD = {"none": plain_step, "eager DropGrad": published_dropgrad_step, "fused DropGrad": fused_step}
 META_DROPOUT = {"none": None, "eager Meta-Dropout": eager_meta_dropout_block,
                 "fused Meta-Dropout": fused_meta_dropout_block}
@@ -33,10 +34,10 @@ META_DROPOUT = {"none": None, "eager Meta-Dropout": eager_meta_dropout_block,
 class Setup:
     """One variant of one benchmark: its inner update, network forward and tensors."""
 
-    def __init__(self, step, block):
-        self.params = [t.requires_grad_() for t in tensors(conv4_shapes())]
-        self.phi = [t.requires_grad_() for t in tensors(generator_shapes(), 2)]
-        self.tasks = few_shot_tasks(n_tasks=TASKS)
+    def __init__(self, step, block, device="cpu"):
+        self.params = [t.requires_grad_() for t in tensors(conv4_shapes(), device=device)]
+        self.phi = [t.requires_grad_() for t in tensors(generator_shapes(), 2, device=device)]
+        self.tasks = few_shot_tasks(n_tasks=TASKS, device=device)
         self.step, self.block = step, block
 
     def forward(self, params, x, query=False, block=None):
@@ -50,12 +51,14 @@ BENCHES = {"DropGrad": {k: functools.partial(Setup, s, None) for k, s in DROPGRA
            "Meta-Dropout": {k: functools.partial(Setup, plain_step, b) for k, b in META_DROPOUT.items()}}
 
 
-def time_meta_iterations(bench, max_rounds=10, min_rounds=4, budget_s=240, progress=None):
+def time_meta_iterations(bench, max_rounds=10, min_rounds=4, budget_s=240, progress=None, device="cpu"):
     """({variant: comparison to none}, fused compared to eager) (benchmarks.interleave.compare)
     from interleaved rounds after one warm-up round: at least min_rounds, then until every
     difference is resolved or the budget (seconds of timed rounds) is spent."""
     torch.set_num_threads(2)
-    variants = {k: make() for k, make in BENCHES[bench].items()}
+    variants = {k: make(device=device) for k, make in BENCHES[bench].items()}
+    if device != "cpu":  # a timed round must include the GPU's work, not just its launches
+        variants = {k: (lambda fn=fn: (fn(), torch.cuda.synchronize())) for k, fn in variants.items()}
     eager, fused = f"eager {bench}", f"fused {bench}"
     times = interleaved(variants, max_rounds, warmup=1, min_rounds=min_rounds, budget_s=budget_s, progress=progress,
                         pairs=[("none", eager), ("none", fused), (eager, fused)])
@@ -111,43 +114,38 @@ def fused_profile(bench):
     return {part: sum(totals.get(k, 0.0) for k in keys) for part, keys in FUSED_EVENTS[bench].items()}, whole
 
 
-def _saved_bytes(fn, inputs=()):
-    """(bytes, bytes that are not `inputs`) of the distinct tensors autograd saves while fn runs."""
-    saved = []
-    with saved_tensors_hooks(lambda t: saved.append(t) or t, lambda t: t):
-        fn()
-    unique = {t.data_ptr(): t for t in saved}
-    skip = {t.data_ptr() for t in inputs}
-    size = lambda ts: sum(t.numel() * t.element_size() for t in ts)  # noqa: E731
-    return size(unique.values()), size(t for p, t in unique.items() if p not in skip)
-
-
 def saved_bytes_per_inner_step(bench):
     """Per variant, bytes autograd keeps for second-order MAML from one inner step (support
-    forward, create_graph gradient, update): {"regularizer": (all, not inputs) saved by the
-    regularizer's own calls (the update; the four meta-dropout blocks), "step": all of the step}."""
+    forward, create_graph gradient, update): {"regularizer": (all, not their inputs) of the
+    distinct tensors the regularizer's calls save (the update; the four meta-dropout blocks'
+    forward), "step": all the step saves}."""
     torch.set_num_threads(2)
     out = {}
     for name, make in BENCHES[bench].items():
         s = make()
         xs, ys = s.tasks[0][:2]
-        reg = []
+        saved, inside, inputs = [], [False], set()
 
-        def hooked_block(f, a, query, s=s, reg=reg):
-            box = []
-            reg.append(_saved_bytes(lambda: box.append(s.block(f, a, query)), (f, a)))
-            return box[0]
+        def flagged(fn, args, tensors):
+            inside[0] = True
+            inputs.update(t.data_ptr() for t in tensors)
+            try:
+                return fn(*args)
+            finally:
+                inside[0] = False
 
-        def inner_step(s=s, reg=reg):
-            loss = torch.nn.functional.cross_entropy(s.forward(s.params, xs, block=hooked_block if s.block else None), ys)
+        block = (lambda f, a, q, s=s: flagged(s.block, (f, a, q), (f, a))) if s.block else None
+        with saved_tensors_hooks(lambda t: saved.append((t, inside[0])) or t, lambda t: t):
+            loss = torch.nn.functional.cross_entropy(s.forward(s.params, xs, block=block), ys)
             grads = list(torch.autograd.grad(loss, s.params, create_graph=True))
             if bench == "DropGrad":
-                reg.append(_saved_bytes(lambda: s.step(s.params, grads, LR), s.params + grads))
+                flagged(s.step, (s.params, grads, LR), s.params + grads)
             else:
                 s.step(s.params, grads, LR)
-
-        step_total = _saved_bytes(inner_step)[0]
-        out[name] = {"regularizer": tuple(map(sum, zip(*reg))) if reg else (0, 0), "step": step_total}
+        size = lambda ts: sum(t.numel() * t.element_size() for t in ts)  # noqa: E731
+        reg = {t.data_ptr(): t for t, flag in saved if flag}
+        out[name] = {"regularizer": (size(reg.values()), size(t for p, t in reg.items() if p not in inputs)),
+                     "step": size({t.data_ptr(): t for t, _ in saved}.values())}
     return out
 
 

@@ -36,7 +36,6 @@ GPU_ANALYSIS = [
 # the op benchmarks), for the progress lines.
 STAGES = [("op benchmarks", 420), ("huge pages", 40), ("DropGrad meta-iterations", 330),
           ("Meta-Dropout meta-iterations", 420), ("memory", 120), ("vmap", 150)]
-E2E_SHAPE = "Conv-4, 5-way 5-shot, 15 queries, 84x84, 5 inner steps, meta-batch of 2 tasks"
 
 
 class Progress:
@@ -167,7 +166,7 @@ def main(argv=None):
             res, both = mi.time_meta_iterations(bench, progress=lambda r, left: print(
                 f"      round {r} done, at most {left / 60:.1f} min left of this part", flush=True))
             parts, whole = mi.fused_profile(bench)
-            md += [f"\n{bench}: second-order MAML meta-iterations ({E2E_SHAPE}), the variants interleaved round by "
+            md += [f"\n{bench}: second-order MAML meta-iterations ({mi.SHAPE}), the variants interleaved round by "
                    f"round after a warm-up round; paired differences to none with their 95% confidence interval "
                    f"(Student's t over the rounds), \"no difference measurable\" where it includes zero.\n",
                    "| meta-iteration | rounds | median s | vs none (paired, s) | vs none, % |",

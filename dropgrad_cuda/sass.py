@@ -225,7 +225,8 @@ def report():
               "| op | backend | bytes/element | A100 bound | A100 share of memory roofline | "
               "H100 bound | H100 share of memory roofline |", "| --- | --- | ---: | --- | ---: | --- | ---: |"]
     for op, moved in ELEMENTS_MOVED.items():
-        for backend, counts in (("CUDA", {a: c for (a, k), c in cuda.items() if k == f"{op}_kernel<float>"}),
+        for backend, counts in (("CUDA", {a: c for (a, k), c in cuda.items() if k in (f"{op}_kernel<float>",
+                                                                                     f"{op}_kernel")}),
                                 ("Triton", {a: c for (a, o), c in triton.items() if o == op})):
             cells = []
             for gpu, g in GPUS.items():
