@@ -214,7 +214,9 @@ def main(argv=None):
         report.update(vmap_meta_batch=vm)
 
     md += ["\nGPU (analysis, not measurement: no GPU here). Bytes per float32 element and launches; a memory-bound "
-           "kernel's expected speed-up over eager on an H100-class GPU is the byte ratio. Every fused op makes "
+           "kernel's expected speed-up over eager on an H100-class GPU is the byte ratio (which fused kernels are "
+           "memory-bound is predicted from their SASS in docs/gpu.md; `bash scripts/gpu_check.sh` measures "
+           "it on a GPU). Every fused op makes "
            "0.25 Philox calls per element (one call serves four elements), as does PyTorch's own normal_.",
            "\n| op | fused bytes/elem | eager bytes/elem | eager launches | expected eager/fused | why |",
            "| --- | ---: | ---: | ---: | ---: | --- |"]

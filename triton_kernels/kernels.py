@@ -1,10 +1,10 @@
 """The Triton kernels of the dropgrad ops. Each program covers ROWS Philox counters, i.e. a
 (ROWS, 4) tile of 4*ROWS consecutive elements, so every Philox call serves four elements.
 
-ROWS = 256 (1024 elements, 4 warps: 8 elements a thread). Every op here is memory-bound on a GPU
-(2-3 streams of 4 bytes an element against ~200 float32 operations of Philox and Box-Muller a
-counter, under the H100's ~60 flop/byte ridge), so the tile only needs enough bytes in flight
-per SM; 1024-element tiles give 12-16 KiB per program, and 64-bit indices cost nothing here.
+ROWS = 256 (1024 elements, 4 warps: 8 elements a thread): 1024-element tiles give 12-16 KiB in
+flight per program. Predicted from the compiled SASS (docs/gpu.md, not measured), the updates are
+memory-bound on A100 and H100 and drop_grad and meta_dropout's forward are bound by instruction
+issue (80-190 instructions an element), so the tile size does not decide their speed.
 Seed, counter base, sizes and the scalars are runtime arguments, never specialized on, so a new
 seed or offset does not recompile.
 """
