@@ -25,7 +25,6 @@ from benchmarks import cases as C
 from benchmarks.report import RESULTS, plot, speed_table
 
 GPU_SIZES = {"1M": 1_000_000, "4M": 4_000_000, "16M": 16_000_000, "64M": 64_000_000}
-GPU_FUSED = {"fused cuda": "cuda", "fused triton": "triton"}
 
 
 def cuda_timer(thunk, warmup=10, rounds=30):
@@ -126,7 +125,10 @@ def main(argv=None):
     if not torch.cuda.is_available():
         print("gpu_report: torch sees no CUDA GPU")
         return 3
-    print(assemble("cuda", GPU_FUSED, GPU_SIZES, [torch.float32, torch.bfloat16], cuda_timer, RESULTS,
+    import dropgrad_cuda as dg
+
+    fused = {**({"fused cuda": "cuda"} if dg.cuda_kernels_built() else {}), "fused triton": "triton"}
+    print(assemble("cuda", fused, GPU_SIZES, [torch.float32, torch.bfloat16], cuda_timer, RESULTS,
                    e2e=not args.no_e2e))
     print(f"written: {RESULTS}/gpu_report.md, gpu_report.json, gpu_report.png")
     return 0

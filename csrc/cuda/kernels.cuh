@@ -217,8 +217,7 @@ struct dropgrad_step_kernel {
     const int64_t c0 = static_cast<int64_t>(list.block_chunk[t.block]) * kChunk;
     const int64_t c1 = c0 + kChunk < counters(s.numel) ? c0 + kChunk : counters(s.numel);
     update_counters(static_cast<const T*>(s.param), static_cast<const T*>(s.grad), s.lr, weight_decay,
-                    static_cast<T*>(s.out),
-                    s.numel, st, q, c0 + t.thread, c1, t.threads);
+                    static_cast<T*>(s.out), s.numel, st, q, c0 + t.thread, c1, t.threads);
   }
 };
 
