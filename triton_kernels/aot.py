@@ -46,7 +46,7 @@ def configurations():
     for d, mode, state, wd in itertools.product(DTYPES, (0, 1, 2), (False, True), (False, True)):
         if state and mode == 0:
             continue
-        sig = {"table_ptr": "*i64", "block_tensor_ptr": "*i32", "state_ptr": "*i64", "wd_ptr": f"*{_acc(d).name}", **runtime,
+        sig = {"table_ptr": "*i64", "block_tensor_ptr": "*i32", "state_ptr": "*i64", "wd_ptr": f"*{_acc(d).name}" if wd else "*i64", **runtime,
                "MODE": "constexpr", "DTYPE": "constexpr", "ACC": "constexpr", "HAS_STATE": "constexpr",
                "HAS_WD": "constexpr"}
         yield (f"step[{d},mode={mode},state={state},wd={wd}]", K.step_kernel, sig,

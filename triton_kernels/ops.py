@@ -114,7 +114,8 @@ def _step(params, grads, lrs, lr, weight_decay, p, mode, seed, offset, rng_state
         block_tensor = torch.repeat_interleave(torch.arange(len(ks), dtype=torch.int32), torch.tensor(blocks))
         block_tensor = block_tensor.to(device, non_blocking=True)
         state, has_state = _state(rng_state, ws[ks[0]])
-        wd = torch.tensor(weight_decay, dtype=_acc(dtype)).to(device, non_blocking=True)
+        # Without weight decay wd_ptr is never read: the table stands in, no tensor is made and copied.
+        wd = torch.tensor(weight_decay, dtype=_acc(dtype)).to(device, non_blocking=True) if weight_decay else table
         _launch(K.step_kernel, (first,), table, block_tensor, state, wd, seed, *_scalars(p), MODE=_mode(p, mode),
                 DTYPE=_tl(dtype), ACC=_tl(_acc(dtype)), HAS_STATE=has_state, HAS_WD=weight_decay != 0.0)
     if in_place:
