@@ -79,14 +79,15 @@ def assemble(device, fused, sizes, dtypes, timer, out_dir, *, e2e=True, with_com
             cells.append("- | -" if gbs is None else f"{gbs:.3g} | {100 * gbs / copy:.0f}%")
         bw_lines.append(f"| {op} | {size} | {dtype} | " + " | ".join(cells) + " |")
     name = torch.cuda.get_device_name(device) if torch.device(device).type == "cuda" else "CPU"
+    driver = _driver()
     md = [f"# GPU report: {name}", "",
-          f"Measured on {name}; driver {_driver()}, torch {torch.__version__}, CUDA {torch.version.cuda}. "
+          f"Measured on {name}; driver {driver}, torch {torch.__version__}, CUDA {torch.version.cuda}. "
           f"Times: {timer.__name__} medians, ms. Device-to-device copy: {copy:.0f} GB/s.", "",
           speed_table(rows, impls=list(fused)), "",
           "Achieved bandwidth of the fused rows: the bytes each op must read and write (its inputs and outputs "
           "once, benchmarks/cases.py:bytes_per_element) over its time, and as a share of the copy.", "",
           "\n".join(bw_lines)]
-    report = {"device": name, "driver": _driver(), "torch": torch.__version__, "cuda": torch.version.cuda,
+    report = {"device": name, "driver": driver, "torch": torch.__version__, "cuda": torch.version.cuda,
               "copy_gbs": copy, "ops": [{"op": o, "size": s, "dtype": d, **{f"{k} ms": v for k, v in r.items()}}
                                         for (o, s, d), r in rows.items()], "bandwidth_gbs": bandwidth}
     if e2e:

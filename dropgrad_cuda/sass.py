@@ -151,7 +151,7 @@ def _elements(kernel, counts):
 
 
 def predict(per_elem, bytes_per_elem, gpu):
-    """(bound, share of the memory roofline, compute ns, memory ns) per element for one GPU."""
+    """(bound, share of the memory roofline) of one element on one GPU."""
     g = GPUS[gpu]
     r = g["rates"]
     pipes = [sum(per_elem.values()) / ISSUE, (per_elem["fp32"] + per_elem["int multiply"]) / r["fp32"],
@@ -159,7 +159,7 @@ def predict(per_elem, bytes_per_elem, gpu):
     compute_ns = max(pipes) / (g["sms"] * g["ghz"])
     memory_ns = bytes_per_elem / g["hbm_gbs"]
     bound = "memory" if memory_ns >= compute_ns else "compute"
-    return bound, memory_ns / max(memory_ns, compute_ns), compute_ns, memory_ns
+    return bound, memory_ns / max(memory_ns, compute_ns)
 
 
 def cuda_kernels(library=None):
@@ -230,7 +230,7 @@ def report():
                                 ("Triton", {a: c for (a, o), c in triton.items() if o == op})):
             cells = []
             for gpu, g in GPUS.items():
-                bound, share, _, _ = predict(counts[g["arch"]], 4 * moved, gpu)
+                bound, share = predict(counts[g["arch"]], 4 * moved, gpu)
                 cells += [bound, f"{100 * share:.0f}%"]
             lines.append(f"| {op} | {backend} | {4 * moved} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
