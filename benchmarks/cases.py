@@ -45,7 +45,7 @@ def optimizer_step(impl, ws, gs, wd=5e-4, backend="auto"):
     """One optimizer step with weight decay over a parameter list: DropGradSGD (one fused in-place
     pass), torch.optim.SGD(foreach=True) after the published eager noise is put on .grad, and the
     plain SGD(foreach=True) step as the floor."""
-    from dropgrad_cuda.integrations.higher import DropGradSGD
+    from dropgrad_cuda.optim import DropGradSGD
 
     params = [torch.nn.Parameter(w) for w in ws]
     for w, g in zip(params, gs):

@@ -275,9 +275,13 @@ def register(ns, qualname_prefix):
     def mddb_backward(ctx, u, v, w):
         ggf, gga, gout, f, a, rng_state = ctx.saved_tensors
         z = a if ctx.det else a + ns.noise(a.detach(), 0.0, NORMAL, ctx.seed, ctx.offset, rng_state).to(a.dtype)
-        s = torch.where(z > 20, torch.ones_like(z), torch.sigmoid(z))  # softplus' as PyTorch's (threshold 20)
-        ds = torch.where(z > 20, torch.zeros_like(z), s * (1 - s))
-        dds = torch.where(z > 20, torch.zeros_like(z), ds * (1 - 2 * s))
+        # softplus' as PyTorch's (threshold 20); its derivatives ds = e / (1 + e)^2, e = exp(-|z|), and
+        # dds = ds (1 - 2 s) = -ds tanh(z / 2): forms that do not cancel where s rounds to 1 (as
+        # dropgrad_math.h and reference.py write them).
+        e = torch.exp(-z.abs())
+        s = torch.where(z > 20, torch.ones_like(z), torch.sigmoid(z))
+        ds = torch.where(z > 20, torch.zeros_like(z), e / ((1 + e) * (1 + e)))
+        dds = torch.where(z > 20, torch.zeros_like(z), -ds * torch.tanh(z / 2))
         u, v, w = (torch.zeros_like(f) if t is None else t for t in (u, v, w))
         return (u * F.softplus(z) + w * gout * s,
                 u * f * s + v * gout * s + w * gout * f * ds,

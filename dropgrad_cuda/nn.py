@@ -8,6 +8,7 @@ there (as the example does) and use query_pass for the queries.
 """
 import contextlib
 import copy
+import functools
 from collections import OrderedDict
 
 import torch
@@ -190,6 +191,21 @@ class _HidesCoLearner:
     def values(self):
         return self._visible().values()
 
+    def __reduce_ex__(self, protocol):
+        # The class mixed in at run time has no importable name: pickle (torch.save, deepcopy) the
+        # container's own class and mix this in again on load.
+        return _hiding_co_learner, (self._without_co_learner,), self.__getstate__()
+
+
+@functools.cache
+def _hiding_class(base):
+    return type(base.__name__, (_HidesCoLearner, base), {"_without_co_learner": base})
+
+
+def _hiding_co_learner(base):
+    """An empty instance of base's co-learner-hiding class, for unpickling (the state follows)."""
+    return base.__new__(_hiding_class(base))
+
 
 _CONTAINERS = (nn.Sequential, nn.ModuleList, nn.ModuleDict)
 
@@ -201,8 +217,7 @@ def attach_co_learner(model, feature_shape, num_outputs, **kwargs):
         raise ValueError("model already has a co_learner; drop_co_learner(model) first")
     co = CoLearner(feature_shape, num_outputs, **kwargs)
     if isinstance(model, _CONTAINERS):
-        base = model.__class__
-        model.__class__ = type(base.__name__, (_HidesCoLearner, base), {"_without_co_learner": base})
+        model.__class__ = _hiding_class(model.__class__)
     model.add_module("co_learner", co)
     return co
 

@@ -264,7 +264,31 @@ def dropgrad_step_(params, grads, lr, p, mode="gaussian", *, weight_decay=0.0, s
         raise ValueError(f"weight_decay must be finite, got {weight_decay}")
     params = list(params)
     _autograd.refuse_grad(params)
+    _check_disjoint(params)
     _step("dropgrad_step_", params, grads, lr, p, mode, seed, offset, backend, float(weight_decay))
+
+
+def _check_disjoint(params):
+    """Refuses params that share memory. Two updates of one element would each read the other's
+    input or output depending on the backend's order and, on parallel backends, race; PyTorch's
+    in-place ops refuse an output whose elements overlap for the same reason. The check is on
+    memory spans, so interleaved views of one tensor (a matrix's columns) are refused too."""
+    spans = []
+    for i, w in enumerate(params):
+        if not isinstance(w, torch.Tensor) or w.numel() == 0:
+            continue  # a non-tensor is named by the list checks; an empty tensor has no memory
+        if any(st == 0 and n > 1 for n, st in zip(w.shape, w.stride())):
+            raise ValueError(f"params[{i}] is an expanded view (stride 0): an in-place update would write "
+                             "one element several times")
+        start = w.data_ptr()
+        end = start + (1 + sum((n - 1) * st for n, st in zip(w.shape, w.stride()))) * w.element_size()
+        spans.append((start, end, i))
+    spans.sort()
+    for (s0, e0, i), (s1, e1, j) in zip(spans, spans[1:]):
+        if s1 < e0:
+            i, j = sorted((i, j))
+            raise ValueError(f"params[{j}] overlaps params[{i}] in memory: dropgrad_step_ updates each param "
+                             "once, in place; pass each tensor once")
 
 
 def _step(name, params, grads, lr, p, mode, seed, offset, backend, *weight_decay):

@@ -189,10 +189,11 @@ def meta_dropout(f, a, *, deterministic=False, seed, offset=0):
     return (f.to(c) * F.softplus(z)).to(f.dtype)
 
 
-def meta_dropout_double_backward(grad_grad_f, grad_grad_a, grad_out, f, a, *, deterministic=False, seed, offset=0):
-    """The derivative of meta_dropout's backward (gf = grad_out * softplus(z), ga = grad_out * f *
-    softplus'(z)) along (grad_grad_f, grad_grad_a): (d grad_out, d f, d a), with softplus''(z) =
-    e / (1 + e)^2, e = exp(-|z|) (no cancellation), 0 above the threshold 20 as softplus'."""
+def meta_dropout_double_backward_terms(grad_grad_f, grad_grad_a, grad_out, f, a, *, deterministic=False, seed,
+                                      offset=0):
+    """The summands of each output of meta_dropout_double_backward, in the compute type. Where the
+    summands of an output have opposite signs the sum cancels; the tests bound its error by their
+    magnitudes, not the result's."""
     c = _opmath(f)
     z = a.to(c)
     if not deterministic:
@@ -201,8 +202,16 @@ def meta_dropout_double_backward(grad_grad_f, grad_grad_a, grad_out, f, a, *, de
     e = torch.exp(-z.abs())
     s = torch.where(z > 20, 1.0, torch.sigmoid(z))
     ds = torch.where(z > 20, 0.0, e / ((1 + e) * (1 + e)))
-    out = (ggf * F.softplus(z) + (gga * fc) * s, (gga * g) * s, (ggf * g) * s + ((gga * g) * fc) * ds)
-    return tuple(t.to(f.dtype) for t in out)
+    return (ggf * F.softplus(z), (gga * fc) * s), ((gga * g) * s,), ((ggf * g) * s, ((gga * g) * fc) * ds)
+
+
+def meta_dropout_double_backward(grad_grad_f, grad_grad_a, grad_out, f, a, *, deterministic=False, seed, offset=0):
+    """The derivative of meta_dropout's backward (gf = grad_out * softplus(z), ga = grad_out * f *
+    softplus'(z)) along (grad_grad_f, grad_grad_a): (d grad_out, d f, d a), with softplus''(z) =
+    e / (1 + e)^2, e = exp(-|z|) (no cancellation), 0 above the threshold 20 as softplus'."""
+    terms = meta_dropout_double_backward_terms(grad_grad_f, grad_grad_a, grad_out, f, a, deterministic=deterministic,
+                                               seed=seed, offset=offset)
+    return tuple((t[0] if len(t) == 1 else t[0] + t[1]).to(f.dtype) for t in terms)
 
 
 def logit_noise(mu, s, *, deterministic=False, seed, offset=0):

@@ -138,3 +138,30 @@ def test_presets_set_the_papers_hyperparameters_and_run(preset, omniglot, mini_i
     few_shot.main(flags)
     results = json.loads((tmp_path / "results.json").read_text())["results"]
     assert [r["method"] for r in results] == values["methods"].split(",")
+
+
+def test_files_beside_the_omniglot_folders_are_skipped(omniglot, tmp_path):
+    """macOS writes .DS_Store into every folder it shows (main: '[Errno 20] Not a directory')."""
+    import shutil
+    root = tmp_path / "omniglot"
+    shutil.copytree(omniglot, root)
+    for folder in (root / "images_background", root / "images_background" / "Latin", root / "images_evaluation"):
+        (folder / ".DS_Store").write_bytes(b"\0\0\0\1Bud1")
+    task = Omniglot(str(root), ways=5, shots=1, queries=2)
+    assert [len(task.splits[s]) for s in ("train", "test")] == [4 * 7, 4 * 2]  # the 9 characters, as without
+
+
+def test_an_unreadable_image_stops_training_with_one_line_naming_it(omniglot, tmp_path):
+    """A zero-byte PNG in a sampled class (main: PIL's UnidentifiedImageError traceback mid-training)."""
+    import shutil
+    root = tmp_path / "omniglot"
+    shutil.copytree(omniglot, root)
+    broken = sorted(root.glob("images_*/*/*/*.png"))
+    for path in broken:
+        path.write_bytes(b"")
+    with pytest.raises(SystemExit) as e:
+        few_shot.main(TINY + ["--ways", "3", "--queries", "2", "--task", "omniglot", "--data-root", str(root),
+                              "--methods", "none", "--out", str(tmp_path / "out")])
+    message = str(e.value.code)
+    assert message.startswith("few_shot: ") and "\n" not in message and "not a readable image" in message
+    assert any(str(p) in message for p in broken)

@@ -2,11 +2,11 @@
 reference backend with the same seeds (noise, and second-order meta-gradients).
 
 The learn2learn and torchmeta stock updates are transcribed below from their sources (neither
-installs with torch 2.14.1 on Python 3.11); higher is installed and used as is."""
+installs with torch 2.14.1 on Python 3.11); higher is used as is where it is installed (the tests
+that need it skip without it; DropGradSGD itself does not need it)."""
 import copy
 from collections import OrderedDict
 
-import higher
 import pytest
 import torch
 import torch.nn.functional as F
@@ -15,7 +15,15 @@ from torch.func import functional_call
 
 import dropgrad_cuda as dg
 from dropgrad_cuda.integrations import func, learn2learn as l2l, torchmeta
-from dropgrad_cuda.integrations.higher import DropGradSGD
+from dropgrad_cuda.optim import DropGradSGD
+
+try:
+    import higher
+
+    import dropgrad_cuda.integrations.higher  # noqa: F401  registers DropGradSGD's differentiable twin
+except ImportError:  # an optional dependency: only the tests that run it skip
+    higher = None
+needs_higher = pytest.mark.skipif(higher is None, reason="needs the higher package (pip install higher)")
 
 
 class Net(nn.Module):
@@ -166,7 +174,8 @@ def run_higher(model, data, noise, backend, lr_form="float"):
 
 RUNS = {"func": (run_func, ["float", "metasgd", "lslr"]), "torchmeta": (run_torchmeta, ["float", "dict"]),
         "learn2learn": (run_l2l, ["float", "metasgd"]), "higher": (run_higher, ["float"])}
-CASES = [(k, f) for k, (_, forms) in RUNS.items() for f in forms]
+CASES = [pytest.param(k, f, marks=[needs_higher] if k == "higher" else []) for k, (_, forms) in RUNS.items()
+         for f in forms]
 
 
 def outcome(which, lr_form, noise, backend, dtype, seed=1):
@@ -229,6 +238,7 @@ def test_evaluation_mode_turns_the_noise_off():
     assert all(torch.equal(out[n], params[n] - 0.1 * g) for n, g in zip(params, grads))
 
 
+@needs_higher
 def test_higher_picks_up_the_registered_optimizer():
     model = net(torch.float32)
     with higher.innerloop_ctx(model, DropGradSGD(model.parameters(), lr=0.1)) as (_, diffopt):
@@ -275,6 +285,7 @@ def test_integrations_reject_mismatched_inputs():
 
 
 # ------------------------------------------------------------ higher: evaluation mode, query passes
+@needs_higher
 def test_higher_evaluation_mode_gives_the_stock_update():
     model, (xs, ys, _, _) = net(torch.float32), task(torch.float32)
     model.eval()
@@ -287,6 +298,7 @@ def test_higher_evaluation_mode_gives_the_stock_update():
         assert torch.equal(a, b)
 
 
+@needs_higher
 def test_query_pass_on_the_users_model_reaches_highers_fmodel():
     from dropgrad_cuda import nn as dnn
     torch.manual_seed(0)
@@ -360,3 +372,48 @@ def test_dropgrad_sgd_loads_a_torch_sgd_state_and_checks_added_groups():
     s.grad = torch.randn(4, 3).to_sparse()
     with pytest.raises(RuntimeError, match="sparse"):
         DropGradSGD([s], lr=0.1).step()
+
+
+@pytest.mark.parametrize("momentum", [0.0, 0.9])
+def test_dropgrad_sgd_takes_every_64_bit_seed(momentum):
+    """A seed in [2**63, 2**64) is the same stream with and without momentum (main: refused with
+    momentum, 'seed must be in [0, 2**64), got -9223372036854775803')."""
+    w = torch.randn(10, requires_grad=True)
+    w.grad = torch.randn(10)
+    before, grad = w.detach().clone(), w.grad.clone()
+    DropGradSGD([w], lr=0.05, p=0.2, momentum=momentum, seed=2**63 + 5).step(lambda: None)
+    R = dg.reference
+    # The first momentum step's buffer is the noisy gradient itself, added by SGD's own add_.
+    want = (before.add(R.drop_grad(grad, 0.2, seed=2**63 + 5), alpha=-0.05) if momentum
+            else R.dropgrad_update(before, grad, 0.05, 0.2, seed=2**63 + 5))
+    assert torch.equal(w.detach(), want)
+
+
+def test_dropgrad_sgd_copies_pickles_and_saves_like_torch_sgd(tmp_path):
+    import io
+    import pickle
+    w = torch.randn(10, requires_grad=True)
+    opt = DropGradSGD([w], lr=0.05, p=0.15, mode="bernoulli", momentum=0.9, seed=4)
+    opt.add_param_group({"params": [torch.randn(3, requires_grad=True)], "p": 0.3})
+    buf = io.BytesIO()
+    torch.save(opt, buf)
+    buf.seek(0)
+    for other in (copy.deepcopy(opt), pickle.loads(pickle.dumps(opt)), torch.load(buf, weights_only=False)):
+        assert type(other) is DropGradSGD
+        assert [{k: v for k, v in g.items() if k != "params"} for g in other.param_groups] == \
+               [{k: v for k, v in g.items() if k != "params"} for g in opt.param_groups]
+        other.add_param_group({"params": [torch.randn(2, requires_grad=True)]})  # the constructor's noise defaults
+        assert other.param_groups[-1]["p"] == 0.15 and other.param_groups[-1]["mode"] == "bernoulli"
+
+
+def test_dropgrad_sgd_refuses_a_parameter_listed_twice():
+    """torch.optim only warns about a duplicate parameter; the fused in-place step would apply two
+    noisy updates to one tensor in an order each backend defines differently, so it refuses."""
+    w = torch.randn(10, requires_grad=True)
+    w.grad = torch.randn(10)
+    before = w.detach().clone()
+    with pytest.warns(UserWarning, match="duplicate"):
+        opt = DropGradSGD([w, w], lr=0.1, p=0.2)
+    with pytest.raises(ValueError, match=r"params\[1\] overlaps params\[0\]"):
+        opt.step()
+    assert torch.equal(w.detach(), before)  # refused before anything was written

@@ -1,6 +1,8 @@
 """The modules: MetaDropout and LogitNoise compute the fused ops on their generators' outputs,
 switch to deterministic on query passes, keep their generators out of the inner loop; the CML
 co-learner joins the outer loss only and drops for inference."""
+import copy
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -129,6 +131,25 @@ def test_co_learner_leaves_a_container_forward_alone(make):
     assert {id(p) for p in co.parameters()} <= {id(p) for p in m.parameters()}  # the outer optimizer sees it
     assert any(k.startswith("co_learner.") for k in m.state_dict())
     assert dnn.drop_co_learner(m) is co and type(m) is nn.Sequential and torch.equal(m(x), want)
+
+
+def test_a_model_with_a_co_learner_saves_copies_and_pickles():
+    """Checkpointing the whole model during CML meta-training (main: PicklingError, the hiding
+    class made at run time has no importable name)."""
+    import io
+    import pickle
+    torch.manual_seed(0)
+    m, x = nn.Sequential(nn.Linear(4, 5), nn.ReLU()), torch.randn(3, 4)
+    dnn.attach_co_learner(m, (5,), 2)
+    buf = io.BytesIO()
+    torch.save(m, buf)
+    buf.seek(0)
+    for other in (torch.load(buf, weights_only=False), copy.deepcopy(m), pickle.loads(pickle.dumps(m))):
+        assert type(other) is type(m) and len(other) == 2 and torch.equal(other(x), m(x))
+        assert other.co_learner is not m.co_learner and isinstance(other.co_learner, dnn.CoLearner)
+        assert all(torch.equal(a, b) for a, b in zip(other.state_dict().values(), m.state_dict().values()))
+        dnn.drop_co_learner(other)
+        assert type(other) is nn.Sequential and not hasattr(other, "co_learner")
 
 
 def test_co_learner_leaves_module_lists_and_dicts_alone():

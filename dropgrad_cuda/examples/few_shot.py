@@ -26,7 +26,7 @@ from torch.func import functional_call
 
 from .. import nn as dnn
 from ..integrations import func
-from .tasks import TASKS
+from .tasks import TASKS, UnreadableImage
 
 METHODS = ("none", "dropgrad-binary", "dropgrad-gaussian", "meta-dropout", "cml")
 DROPGRAD_MODE = {"dropgrad-binary": "bernoulli", "dropgrad-gaussian": "gaussian"}
@@ -416,7 +416,10 @@ def main(argv=None):
         dist.init_process_group("gloo")
         rank = dist.get_rank()
     tasks = ("sinusoid", "glyphs") if args.task == "both" else (args.task,)
-    results = [train(t, m, args, rank, world) for t in tasks for m in args.methods]
+    try:
+        results = [train(t, m, args, rank, world) for t in tasks for m in args.methods]
+    except UnreadableImage as e:  # a broken file in a class sampled mid-training: one line naming it
+        raise SystemExit(f"few_shot: {e}") from None
     os.makedirs(args.out, exist_ok=True)
     if world > 1:  # what the two-process test checks: one model, different noise per process
         with open(os.path.join(args.out, f"rank{rank}.json"), "w") as fh:

@@ -93,9 +93,12 @@ class _ImageClasses:
                                  f"{shots + queries}")
 
     def _load(self, path):
-        with _pil().open(path) as im:
-            im = im.convert("L" if self.channels == 1 else "RGB").resize((self.size, self.size), self.resample)
-            x = torch.frombuffer(bytearray(im.tobytes()), dtype=torch.uint8).float().div_(255)
+        try:
+            with _pil().open(path) as im:
+                im = im.convert("L" if self.channels == 1 else "RGB").resize((self.size, self.size), self.resample)
+                x = torch.frombuffer(bytearray(im.tobytes()), dtype=torch.uint8).float().div_(255)
+        except OSError as e:  # PIL's UnidentifiedImageError (empty or corrupt file) is an OSError
+            raise UnreadableImage(f"{path}: not a readable image ({type(e).__name__}: {e})") from None
         return x.reshape(self.size, self.size, self.channels).permute(2, 0, 1)
 
     def images(self, paths):
@@ -123,12 +126,22 @@ class _ImageClasses:
         return x
 
 
+class UnreadableImage(ValueError):
+    """An image file of the dataset that PIL cannot read; the example stops with this one line."""
+
+
 def _pil():
     try:
         from PIL import Image
     except ImportError:
         raise ImportError("the image datasets are read with Pillow: pip install pillow") from None
     return Image
+
+
+def _folders(path):
+    """The sub-folders of path, sorted; files beside them (macOS's .DS_Store) are skipped, as
+    torchvision's loaders skip them."""
+    return sorted(d for d in os.listdir(path) if os.path.isdir(os.path.join(path, d)))
 
 
 def _need(path, what):
@@ -150,8 +163,8 @@ class Omniglot(_ImageClasses):
         for part in ("images_background", "images_evaluation"):
             top = os.path.join(root, part)
             _need(top, self.LAYOUT)
-            for alphabet in sorted(os.listdir(top)):
-                for char in sorted(os.listdir(os.path.join(top, alphabet))):
+            for alphabet in _folders(top):
+                for char in _folders(os.path.join(top, alphabet)):
                     folder = os.path.join(top, alphabet, char)
                     pngs = sorted(f for f in os.listdir(folder) if f.endswith(".png"))
                     if pngs:

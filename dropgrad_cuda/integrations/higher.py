@@ -1,95 +1,20 @@
-"""A DropGrad SGD for ``higher``: ``DropGradSGD`` is a torch optimizer (usable on its own) whose
-differentiable twin is registered with ``higher.register_optim`` on import, so
-``higher.innerloop_ctx(model, DropGradSGD(model.parameters(), lr, p=0.1))`` runs fused noisy updates.
-Needs ``higher`` (pip install higher); nothing else in dropgrad_cuda imports it."""
+"""DropGradSGD for ``higher``: importing this module registers the optimizer's differentiable twin
+with ``higher.register_optim``, so ``higher.innerloop_ctx(model, DropGradSGD(model.parameters(), lr,
+p=0.1))`` runs fused noisy updates. Needs ``higher`` (pip install higher); nothing else in
+dropgrad_cuda imports it, and ``DropGradSGD`` itself lives in ``dropgrad_cuda.optim``."""
 try:
     import higher
 except ImportError as e:
     raise ImportError("dropgrad_cuda.integrations.higher needs the higher package: pip install higher") from e
-import torch
-from torch.optim.sgd import sgd
-
-from .. import ops
-from ..reference import stream_offsets
+from .. import optim
+from ..optim import DropGradSGD  # noqa: F401  (re-exported: the optimizer higher.innerloop_ctx is given)
 from . import _common
-
-
-def _noisy(group, training=True):
-    return training and group["training"] and ops._noisy(group["p"], group["mode"])
-
-
-def _descent(group, params, grads):
-    """The gradient SGD descends along before the noise: -g when maximizing, plus weight decay."""
-    wd, sign = group["weight_decay"], -1 if group["maximize"] else 1
-    return [None if g is None else (sign * g if sign < 0 else g) + (wd * w if wd else 0) for w, g in zip(params, grads)]
 
 
 def _group_step(group, params, grads, training=True):
     """New tensors: w - lr * ((g + weight_decay * w) * n), one fused dropgrad_step."""
-    return _common.step(params, _descent(group, params, grads), group["lr"], group["p"], group["mode"],
-                        seed=group["seed"], training=_noisy(group, training), backend=group["backend"])
-
-
-class DropGradSGD(torch.optim.SGD):
-    """torch.optim.SGD with DropGrad noise on the gradient it descends along:
-    d = (±g + weight_decay * w) * n, n the DropGrad noise of rate p; then SGD's own momentum,
-    dampening and nesterov on d. Without momentum the whole step is one fused in-place pass per
-    group (dropgrad_step_), weight decay included.
-    With the noise off (p=0, mode "none", training=False) the step is torch.optim.SGD's, bit for bit.
-
-    seed=None draws fresh noise every step (torch.manual_seed reproduces a run); an int gives the
-    same noise every step, for tests. `training=False` on a group turns the noise off."""
-
-    def __init__(self, params, lr, p=0.1, mode="gaussian", *, momentum=0.0, dampening=0.0, weight_decay=0.0,
-                 nesterov=False, maximize=False, seed=None, training=True, backend="auto"):
-        self._extra = dict(p=p, mode=mode, seed=seed, training=training, backend=backend)
-        super().__init__(params, lr=lr, momentum=momentum, dampening=dampening, weight_decay=weight_decay,
-                         nesterov=nesterov, maximize=maximize)
-        self.defaults.update(self._extra)
-
-    def add_param_group(self, param_group):
-        for k, v in self._extra.items():
-            param_group.setdefault(k, v)
-        ops._check_p(param_group["p"]), ops._check_mode(param_group["mode"])  # fail here, not at a step
-        super().add_param_group(param_group)
-
-    def __setstate__(self, state):  # load_state_dict of a plain SGD's state gets the noise defaults
-        super().__setstate__(state)
-        for g in self.param_groups:
-            for k, v in self._extra.items():
-                g.setdefault(k, v)
-
-    @torch.no_grad()
-    def step(self, closure=None):
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
-        for group in self.param_groups:
-            params, grads, bufs = [], [], []
-            if self._init_group(group, params, grads, bufs):
-                raise RuntimeError("DropGradSGD: sparse gradients are not supported (the noise is dense)")
-            if not params:
-                continue
-            opts = dict(weight_decay=group["weight_decay"], maximize=group["maximize"])
-            if _noisy(group):
-                if group["momentum"] == 0:  # one fused in-place pass: w -= lr * ((±g + wd * w) * n)
-                    ops.dropgrad_step_(params, torch._foreach_neg(grads) if group["maximize"] else grads, group["lr"],
-                                       group["p"], group["mode"], weight_decay=group["weight_decay"],
-                                       seed=group["seed"], backend=group["backend"])
-                    continue
-                seed = ops._seed(group["seed"])
-                grads = [ops.drop_grad(d, group["p"], group["mode"], seed=seed, offset=o, backend=group["backend"])
-                         for d, o in zip(_descent(group, params, grads),
-                                         stream_offsets([w.numel() for w in params]))]
-                opts = dict(weight_decay=0.0, maximize=False)  # already in d
-            sgd(params, grads, bufs, momentum=group["momentum"], lr=group["lr"],
-                                dampening=group["dampening"], nesterov=group["nesterov"], has_sparse_grad=False,
-                                foreach=group["foreach"], fused=group["fused"], **opts)
-            if group["momentum"] != 0:
-                for w, buf in zip(params, bufs):
-                    self.state[w]["momentum_buffer"] = buf
-        return loss
+    return _common.step(params, optim.descent(group, params, grads), group["lr"], group["p"], group["mode"],
+                        seed=group["seed"], training=optim.noisy(group, training), backend=group["backend"])
 
 
 class DifferentiableDropGradSGD(higher.optim.DifferentiableOptimizer):
