@@ -88,8 +88,9 @@ class Case:
 
 
 def _flat(n, k, dtype, grad=False, device="cpu"):
-    g = torch.Generator().manual_seed(0)
-    return [torch.randn(n, generator=g).to(device, dtype).requires_grad_(grad) for _ in range(k)]
+    """k inputs of n elements, drawn on the device itself (64M draws on a CPU cost a GPU run seconds)."""
+    g = torch.Generator(device).manual_seed(0)
+    return [torch.randn(n, generator=g, device=device).to(dtype).requires_grad_(grad) for _ in range(k)]
 
 
 def _fwd_bwd(fn, f, a, gout):
@@ -116,14 +117,16 @@ def numel(size):
     return int(float(size[:-1]) * {"K": 1e3, "M": 1e6}[size[-1]])
 
 
-def cases(sizes=None, md_sizes=None, dtypes=None, device="cpu", fused=None, lists=True, with_compile=True):
+def cases(sizes=None, md_sizes=None, dtypes=None, device="cpu", fused=None, lists=True, with_compile=True,
+          compile_sizes=None):
     """Every benchmark row. fused: {impl name: backend} of the fused rows (the CPU report: one
-    "fused" row on the default backend; the GPU report: one per GPU backend)."""
+    "fused" row on the default backend; the GPU report: one per GPU backend). compile_sizes: the
+    sizes that get a torch.compile row (default: all; each is a compile of its own)."""
     sizes, md_sizes, dtypes = sizes or SIZES, md_sizes or MD_SIZES, dtypes or DTYPES
     fused = fused or {"fused": "auto"}
     flat = lambda n, k, dtype, grad=False: _flat(n, k, dtype, grad, device)  # noqa: E731
     out = []
-    keep = lambda c: with_compile or c.impl != "compile"  # noqa: E731
+    keep = lambda c: c.impl != "compile" or (with_compile and (compile_sizes is None or c.size in compile_sizes))  # noqa: E731
     for (size, n), dtype in ((s, d) for s in sizes.items() for d in dtypes):
         for mode in ("gaussian", "bernoulli"):
             def upd(impl, mode=mode, n=n, dtype=dtype):

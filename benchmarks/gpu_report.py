@@ -2,11 +2,14 @@
 
     python -m benchmarks.gpu_report        writes results/gpu_report.md, gpu_report.json, gpu_report.png
 
-The rows are the CPU report's cases (benchmarks/cases.py) built on the GPU, the fused ones once
-per GPU backend (CUDA kernels, Triton), timed with CUDA events after warm-up; the tables and the
-plot are the CPU report's. Each fused row also gets its achieved bandwidth (the bytes the op must
-move, over its time) and that as a share of a measured device-to-device copy. Then a second-order
-MAML meta-iteration (Conv-4) with DropGrad: none / eager / fused, interleaved.
+    python -m benchmarks.gpu_report --quick --out DIR     the short plan, into DIR
+
+The rows are the CPU report's cases (benchmarks/cases.py) built on the GPU (inputs made there),
+the fused ones once per GPU backend (CUDA kernels, Triton), timed with CUDA events after warm-up;
+the tables and the plot are the CPU report's. Each fused row also gets its achieved bandwidth (the
+bytes the op must move, over its time) and that as a share of a measured device-to-device copy.
+Then second-order MAML meta-iterations (Conv-4) with DropGrad and with Meta-Dropout: none / eager /
+fused, interleaved. The markdown and JSON are rewritten after every row.
 
 `assemble` is the whole report for any device and timer: a test runs it on CPU tensors with the
 CPU timer, so everything but the CUDA timer runs on every machine.
@@ -59,56 +62,100 @@ def copy_bandwidth_gbs(device, timer, n=64_000_000):
     return 2 * n * 4 / (timer(lambda: dst.copy_(src)) / 1e3) / 1e9
 
 
-def assemble(device, fused, sizes, dtypes, timer, out_dir, *, e2e=True, with_compile=True, copy_n=64_000_000):
-    """Times every case, writes gpu_report.md / .json / .png into out_dir and returns the markdown."""
-    rows = {}
-    for case in C.cases(sizes=sizes, md_sizes=sizes, dtypes=dtypes, device=device, fused=fused,
-                        with_compile=with_compile):
-        rows.setdefault((case.op, case.size, str(case.dtype).split(".")[-1]), {})[case.impl] = timer(case.make())
-    copy = copy_bandwidth_gbs(device, timer, copy_n)
-    bw_lines = ["| op | size | dtype | " + " | ".join(f"{f} GB/s | {f}, % of copy" for f in fused) + " |",
-                "| --- | --- | --- | " + " | ".join("---: | ---:" for _ in fused) + " |"]
-    bandwidth = {}
-    for (op, size, dtype), r in rows.items():
-        n = C.numel(size)
-        moved = C.bytes_per_element(op, getattr(torch, dtype)) * n
-        cells = []
-        for f in fused:
-            gbs = moved / (r[f] / 1e3) / 1e9 if f in r else None
-            bandwidth[f"{op}|{size}|{dtype}|{f}"] = gbs
-            cells.append("- | -" if gbs is None else f"{gbs:.3g} | {100 * gbs / copy:.0f}%")
-        bw_lines.append(f"| {op} | {size} | {dtype} | " + " | ".join(cells) + " |")
+class _Report:
+    """The report as far as it got: markdown and JSON rewritten after every finished row, so a
+    failure or a time-out later in the run loses nothing measured before it."""
+
+    def __init__(self, out_dir, header, info):
+        self.out_dir, self.header, self.info = out_dir, header, info
+        self.rows, self.sections = {}, []
+        os.makedirs(out_dir, exist_ok=True)
+
+    def markdown(self, fused):
+        md = list(self.header)
+        if self.rows:
+            copy = self.info["copy_gbs"]
+            bw = ["| op | size | dtype | " + " | ".join(f"{f} GB/s | {f}, % of copy" for f in fused) + " |",
+                  "| --- | --- | --- | " + " | ".join("---: | ---:" for _ in fused) + " |"]
+            self.info["bandwidth_gbs"] = {}
+            for (op, size, dtype), r in self.rows.items():
+                moved = C.bytes_per_element(op, getattr(torch, dtype)) * C.numel(size)
+                cells = []
+                for f in fused:
+                    gbs = moved / (r[f] / 1e3) / 1e9 if f in r else None
+                    self.info["bandwidth_gbs"][f"{op}|{size}|{dtype}|{f}"] = gbs
+                    cells.append("- | -" if gbs is None else f"{gbs:.3g} | {100 * gbs / copy:.0f}%")
+                bw.append(f"| {op} | {size} | {dtype} | " + " | ".join(cells) + " |")
+            md += [speed_table(self.rows, impls=list(fused)), "",
+                   "Achieved bandwidth of the fused rows: the bytes each op must read and write (its inputs and "
+                   "outputs once, benchmarks/cases.py:bytes_per_element) over its time, and as a share of the copy.",
+                   "", "\n".join(bw)]
+        for section in self.sections:
+            md += ["", *section]
+        return "\n".join(md) + "\n"
+
+    def write(self, fused):
+        text = self.markdown(fused)
+        self.info["ops"] = [{"op": o, "size": s, "dtype": d, **{f"{k} ms": v for k, v in r.items()}}
+                            for (o, s, d), r in self.rows.items()]
+        with open(os.path.join(self.out_dir, "gpu_report.md"), "w") as fh:
+            fh.write(text)
+        with open(os.path.join(self.out_dir, "gpu_report.json"), "w") as fh:
+            json.dump(self.info, fh, indent=1)
+        return text
+
+
+def assemble(device, fused, plan, timer, out_dir, *, e2e=(), e2e_rounds=(4, 10), e2e_budget_s=240,
+             copy_n=64_000_000, progress=print):
+    """Times every case of plan (a list of benchmarks.cases.cases() keyword sets), writing
+    gpu_report.md / .json into out_dir after each row, then the plot, then each meta-iteration
+    benchmark named in e2e ("DropGrad", "Meta-Dropout"); returns the markdown."""
     name = torch.cuda.get_device_name(device) if torch.device(device).type == "cuda" else "CPU"
     driver = _driver()
-    md = [f"# GPU report: {name}", "",
-          f"Measured on {name}; driver {driver}, torch {torch.__version__}, CUDA {torch.version.cuda}. "
-          f"Times: {timer.__name__} medians, ms. Device-to-device copy: {copy:.0f} GB/s.", "",
-          speed_table(rows, impls=list(fused)), "",
-          "Achieved bandwidth of the fused rows: the bytes each op must read and write (its inputs and outputs "
-          "once, benchmarks/cases.py:bytes_per_element) over its time, and as a share of the copy.", "",
-          "\n".join(bw_lines)]
-    report = {"device": name, "driver": driver, "torch": torch.__version__, "cuda": torch.version.cuda,
-              "copy_gbs": copy, "ops": [{"op": o, "size": s, "dtype": d, **{f"{k} ms": v for k, v in r.items()}}
-                                        for (o, s, d), r in rows.items()], "bandwidth_gbs": bandwidth}
-    if e2e:
+    copy = copy_bandwidth_gbs(device, timer, copy_n)
+    header = [f"# GPU report: {name}", "",
+              f"Measured on {name}; driver {driver}, torch {torch.__version__}, CUDA {torch.version.cuda}. "
+              f"Times: {timer.__name__} medians, ms. Device-to-device copy: {copy:.0f} GB/s.", ""]
+    report = _Report(out_dir, header, {"device": name, "driver": driver, "torch": torch.__version__,
+                                       "cuda": torch.version.cuda, "copy_gbs": copy})
+    for kwargs in plan:
+        for case in C.cases(device=device, fused=fused, **kwargs):
+            t = timer(case.make())
+            report.rows.setdefault((case.op, case.size, str(case.dtype).split(".")[-1]), {})[case.impl] = t
+            report.write(fused)
+            progress(f"gpu_report: {case.id}: {t:.4g} ms")
+    sizes = {s: C.numel(s) for kw in plan for s in kw.get("sizes", {})}
+    plot(report.rows, os.path.join(out_dir, "gpu_report.png"), sizes=sizes, ylabel=f"median ms ({name})")
+    text = report.write(fused)
+    for bench in e2e:
         from benchmarks import meta_iteration as mi
         from benchmarks.interleave import describe
 
-        res, both = mi.time_meta_iterations("DropGrad", device=device)
-        md += ["", "Second-order MAML meta-iteration with DropGrad (" + mi.SHAPE + "), interleaved rounds:", "",
-               "| meta-iteration | rounds | median s | vs none (paired, s) |", "| --- | ---: | ---: | --- |"]
-        md += [f"| {k} | {c['rounds']} | {c['median']:.4f} | {'-' if k == 'none' else describe(c, digits=4)} |"
-               for k, c in res.items()]
-        md.append(f"\nFused vs eager, paired: {describe(both, digits=4)}.")
-        report["meta_iteration"] = dict(vs_none=res, fused_vs_eager=both)
-    os.makedirs(out_dir, exist_ok=True)
-    text = "\n".join(md) + "\n"
-    with open(os.path.join(out_dir, "gpu_report.md"), "w") as fh:
-        fh.write(text)
-    with open(os.path.join(out_dir, "gpu_report.json"), "w") as fh:
-        json.dump(report, fh, indent=1)
-    plot(rows, os.path.join(out_dir, "gpu_report.png"), sizes=sizes, ylabel=f"median ms ({name})")
+        res, both = mi.time_meta_iterations(bench, min_rounds=e2e_rounds[0], max_rounds=e2e_rounds[1],
+                                            budget_s=e2e_budget_s, device=device)
+        report.sections.append(
+            [f"Second-order MAML meta-iteration with {bench} ({mi.SHAPE}), interleaved rounds:", "",
+             "| meta-iteration | rounds | median s | vs none (paired, s) |", "| --- | ---: | ---: | --- |",
+             *[f"| {k} | {c['rounds']} | {c['median']:.4f} | {'-' if k == 'none' else describe(c, digits=4)} |"
+               for k, c in res.items()],
+             "", f"Fused vs eager, paired: {describe(both, digits=4)}."])
+        report.info.setdefault("meta_iteration", {})[bench] = dict(vs_none=res, fused_vs_eager=both)
+        text = report.write(fused)
+        progress(f"gpu_report: {bench} meta-iteration done")
     return text
+
+
+# The plans: lists of cases() keyword sets.
+FULL_PLAN = [dict(sizes=GPU_SIZES, md_sizes=GPU_SIZES, dtypes=[torch.float32, torch.bfloat16])]
+
+
+def quick_plan(small="16M", large="64M"):
+    """The plan for a short GPU lease (scripts/gpu_check.sh --quick): float32 at two sizes,
+    bfloat16 at the larger, one torch.compile size (each compile costs seconds), no lists."""
+    two = {s: C.numel(s) for s in (small, large)}
+    return [dict(sizes=two, md_sizes=two, dtypes=[torch.float32], compile_sizes={small}, lists=False),
+            dict(sizes={large: two[large]}, md_sizes={large: two[large]}, dtypes=[torch.bfloat16],
+                 with_compile=False, lists=False)]
 
 
 def _driver():
@@ -121,7 +168,9 @@ def _driver():
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--no-e2e", action="store_true", help="skip the meta-iteration")
+    ap.add_argument("--no-e2e", action="store_true", help="skip the meta-iterations")
+    ap.add_argument("--quick", action="store_true", help="the short plan (scripts/gpu_check.sh --quick)")
+    ap.add_argument("--out", default=RESULTS, help="folder of gpu_report.md, .json, .png (default: results/)")
     args = ap.parse_args(argv)
     if not torch.cuda.is_available():
         print("gpu_report: torch sees no CUDA GPU")
@@ -129,9 +178,10 @@ def main(argv=None):
     import dropgrad_cuda as dg
 
     fused = {**({"fused cuda": "cuda"} if dg.cuda_kernels_built() else {}), "fused triton": "triton"}
-    print(assemble("cuda", fused, GPU_SIZES, [torch.float32, torch.bfloat16], cuda_timer, RESULTS,
-                   e2e=not args.no_e2e))
-    print(f"written: {RESULTS}/gpu_report.md, gpu_report.json, gpu_report.png")
+    e2e = () if args.no_e2e else ("DropGrad", "Meta-Dropout")
+    print(assemble("cuda", fused, quick_plan() if args.quick else FULL_PLAN, cuda_timer, args.out, e2e=e2e,
+                   e2e_rounds=(3, 5) if args.quick else (4, 10), e2e_budget_s=30 if args.quick else 240))
+    print(f"written: {args.out}/gpu_report.md, gpu_report.json, gpu_report.png")
     return 0
 
 

@@ -189,10 +189,9 @@ TRITON_OPS = {"noise": "elementwise[fp32,kind=0,mode=2,lr_full=False,state=False
 
 def triton_kernels():
     """{(arch, op): per-element class counts} of the AOT-compiled Triton kernels of TRITON_OPS."""
-    from .triton_kernels import aot
-    from .triton_kernels import kernels as K
+    from .triton_kernels import aot, configs as triton_configs, kernels as K
 
-    configs = {name: c for name, *c in aot.configurations()}
+    configs = {name: c for name, *c in triton_configs.configurations()}
     per_thread = K.ROWS * 4 / (32 * K.NUM_WARPS)
     out = {}
     for arch in (80, 90):

@@ -32,3 +32,13 @@ def backend(request):
 
 def pytest_configure(config):
     torch.set_num_threads(2)
+
+
+def pytest_collection_modifyitems(items):
+    """Marks `gpu` every test that runs on a GPU: those on a CUDA backend parameter (cuda,
+    triton-cuda) and those marked by hand (CUDA-graph replay, torch.compile on CUDA, ...).
+    `scripts/gpu_check.sh --quick` runs `-m gpu`; CI runs the rest."""
+    for item in items:
+        spec = getattr(item, "callspec", None)
+        if spec and any(isinstance(v, tuple) and len(v) == 2 and v[1] == "cuda" for v in spec.params.values()):
+            item.add_marker(pytest.mark.gpu)

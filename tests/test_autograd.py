@@ -8,6 +8,10 @@ from torch.autograd.graph import saved_tensors_hooks
 
 import dropgrad_cuda as dg
 
+# gradcheck's finite differences and the composite third order: ATen's exp and
+# log1p, and in float64 the interpreter's numpy
+pytestmark = pytest.mark.numerics
+
 
 def f64(*shape, seed=0, device="cpu"):
     g = torch.Generator().manual_seed(seed)
@@ -204,6 +208,7 @@ def test_rng_state_replaces_the_seed_and_adds_its_offset(backend):
                 assert (a is None and b is None) or torch.equal(a, b)
 
 
+@pytest.mark.gpu
 @pytest.mark.skipif(not (torch.cuda.is_available() and dg.cuda_kernels_built()), reason="needs a CUDA GPU")
 def test_cuda_graph_replays_draw_fresh_noise():
     g = torch.randn(4096, device="cuda")

@@ -72,6 +72,7 @@ def test_bad_input_raises_a_clear_error(call, exc, match):
         call()
 
 
+@pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 def test_tensors_on_different_devices():
     with pytest.raises(ValueError, match="grad is on"):

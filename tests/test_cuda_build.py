@@ -79,3 +79,19 @@ def test_the_wheel_carries_every_subpackage(tmp_path):
         assert f"{pkg}/__init__.py" in sources, pkg
     requires = (tmp_path / "dropgrad_cuda.egg-info" / "requires.txt").read_text().splitlines()
     assert requires[0] == "torch<2.16,>=2.13"  # a range: the user's torch stays
+
+
+def test_every_cuda_launch_is_checked():
+    """Each <<<...>>> launch in csrc/cuda is followed by check_launch (cudaGetLastError), so a launch
+    that fails raises there, naming the kernel, not at a later unrelated call (main: none was)."""
+    import glob
+    import re
+    launches = 0
+    for path in glob.glob(os.path.join(ROOT, "csrc", "cuda", "*.cu*")):
+        with open(path) as fh:
+            lines = fh.read().splitlines()
+        for i, line in enumerate(lines):
+            if re.search(r"<<<.*>>>", line):
+                launches += 1
+                assert "check_launch(" in lines[i + 1], f"{os.path.basename(path)}:{i + 1}: {line.strip()}"
+    assert launches == 2  # DeviceLaunch (every kernel functor) and the generator-state unpack

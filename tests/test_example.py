@@ -81,6 +81,7 @@ def test_example_under_torchrun_with_two_processes(tmp_path):
     assert "| meta-dropout |" in proc.stdout and proc.stdout.count("| task | method |") == 1  # one table, once
 
 
+@pytest.mark.gpu
 @pytest.mark.skipif(not __import__("torch").cuda.is_available(), reason="needs a CUDA GPU")
 def test_example_on_cuda(tmp_path):
     few_shot.main(TINY + ["--device", "cuda", "--methods", "dropgrad-gaussian,meta-dropout", "--out", str(tmp_path)])

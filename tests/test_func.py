@@ -10,6 +10,9 @@ from torch.utils._python_dispatch import TorchDispatchMode
 import dropgrad_cuda as dg
 from dropgrad_cuda.integrations import func as dfunc
 
+# the meta-losses and their gradients: ATen's convolutions and matrix products
+pytestmark = pytest.mark.numerics
+
 
 def f64(*shape, seed=0, device="cpu"):
     g = torch.Generator().manual_seed(seed)

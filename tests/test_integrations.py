@@ -17,6 +17,9 @@ import dropgrad_cuda as dg
 from dropgrad_cuda.integrations import func, learn2learn as l2l, torchmeta
 from dropgrad_cuda.optim import DropGradSGD
 
+# the meta-gradients: ATen's convolutions and matrix products
+pytestmark = pytest.mark.numerics
+
 try:
     import higher
 

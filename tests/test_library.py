@@ -85,6 +85,7 @@ def test_cuda_rng_state_has_a_fake_implementation():
     assert state.shape == (2,) and state.dtype == torch.int64
 
 
+@pytest.mark.gpu
 @pytest.mark.skipif(not (torch.cuda.is_available() and dg.cuda_kernels_built()),
                     reason="needs a CUDA GPU and the CUDA kernels")
 def test_compile_with_seed_none_on_cuda_draws_fresh_noise():
@@ -108,7 +109,7 @@ def test_triton_kernels_compile_ahead_of_time_without_spills(arch):
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     run = subprocess.run([sys.executable, "-m", "dropgrad_cuda.triton_kernels.aot", "--arch", str(arch)],
                          capture_output=True, text=True, env=env, timeout=600)
-    from dropgrad_cuda.triton_kernels.aot import configurations
+    from dropgrad_cuda.triton_kernels.configs import configurations
 
     lines = [l for l in run.stdout.splitlines() if "registers" in l]
     assert len(lines) == len(list(configurations())) > 100, run.stdout + run.stderr
@@ -119,6 +120,23 @@ def test_triton_kernels_compile_ahead_of_time_without_spills(arch):
         assert not spilled and run.returncode == 0 and f"sm_{arch}: 0 failed or spilled" in run.stdout, run.stdout
     elif spilled:
         warnings.warn(f"Triton {triton.__version__} (tuned on {pinned}) spills in: " + "; ".join(spilled))
+
+
+@pytest.mark.skipif(os.environ.get("TRITON_INTERPRET") != "1", reason="needs TRITON_INTERPRET=1")
+def test_triton_launches_come_from_the_ahead_of_time_table():
+    """ops.py launches only configurations of triton_kernels/configs.py, the table the AOT compile
+    reads; logit_noise's (the update kernel in mode 3) was launched but never compiled on main.
+    Every backend test launches through the same check, so drift fails the suite."""
+    import triton.language as tl
+
+    from dropgrad_cuda.triton_kernels import configs, kernels as K, ops as triton_ops
+
+    mu, s = torch.randn(4, 3), torch.randn(4, 1)
+    assert torch.equal(dg.logit_noise(mu, s, seed=3, backend="triton"), dg.logit_noise(mu, s, seed=3, backend="cpu"))
+    logit = {"KIND": K.UPDATE, "MODE": 3, "LR_FULL": False, "ACC": tl.float32, "HAS_STATE": False}
+    assert configs.key(K.elementwise_kernel, logit) in configs.LAUNCHABLE
+    with pytest.raises(RuntimeError, match="not in triton_kernels/configs.py"):
+        triton_ops._launch(K.elementwise_kernel, (1,), **{**logit, "MODE": 7})
 
 
 # ---------------------------------------------------------------- compile and export with fresh noise

@@ -13,6 +13,9 @@ import dropgrad_cuda as dg
 from dropgrad_cuda import nn as dnn
 from dropgrad_cuda.integrations import func
 
+# the modules' layers and generators: ATen's convolutions and matrix products
+pytestmark = pytest.mark.numerics
+
 
 class Block(nn.Module):
     def __init__(self):

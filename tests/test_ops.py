@@ -159,6 +159,7 @@ def test_dropgrad_step_in_place_refuses_a_graph():
         dg.dropgrad_step_([w], [torch.randn(4)], 0.1, 0.1)
 
 
+@pytest.mark.numerics  # the reference computes softplus and exp with ATen
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("deterministic", [False, True])
 def test_meta_dropout(backend, dtype, deterministic):
@@ -170,6 +171,7 @@ def test_meta_dropout(backend, dtype, deterministic):
         assert_matches(got, want, backend, ulps=4)
 
 
+@pytest.mark.numerics  # the reference computes softplus and exp with ATen
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("deterministic", [False, True])
 def test_meta_dropout_double_backward(backend, dtype, deterministic):
@@ -207,6 +209,7 @@ def assert_within_summands(got, want, terms, ulps):
     assert not bad.any(), f"{int(bad.sum())} elements off: worst {float((err - bound).max()):.3g} past the bound"
 
 
+@pytest.mark.numerics  # the reference computes softplus and exp with ATen
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_logit_noise(backend, dtype):
     # One update kernel in mode "normal" (lr = -1): mu + softplus(s) * eps, exact like the updates.
@@ -223,6 +226,7 @@ def test_logit_noise(backend, dtype):
                                rtol=1e-6, atol=1e-6)
 
 
+@pytest.mark.numerics  # the reference computes softplus and exp with ATen
 def test_meta_dropout_deterministic_ignores_seed(backend):
     name, device = backend
     f, a = make((100,), torch.float32, device, 1), make((100,), torch.float32, device, 2)

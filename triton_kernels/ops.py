@@ -9,6 +9,7 @@ from dropgrad_cuda import _autograd
 from dropgrad_cuda.ops import OP_NAMES
 from dropgrad_cuda.reference import stream_offsets
 
+from . import configs
 from . import kernels as K
 
 NAMESPACE = "dropgrad_triton"
@@ -37,6 +38,8 @@ def _grid(numel):
 
 
 def _launch(kernel, grid, *args, **meta):
+    if configs.key(kernel, meta) not in configs.LAUNCHABLE:  # compiled ahead of time and checked for spills
+        raise RuntimeError(f"Triton configuration {meta} of {kernel} is not in triton_kernels/configs.py")
     # enable_fp_fusion=False: no FMA contraction on the GPU, as the contract's operation order needs.
     if grid[0] > 0:
         kernel[grid](*args, num_warps=K.NUM_WARPS, enable_fp_fusion=False, **meta)
@@ -48,9 +51,9 @@ def _scalar_lr(lr_tensor, lr, like):
     return src.detach().reshape(()).to(device=like.device, dtype=_acc(like.dtype))
 
 
-def _state(rng_state, like):
-    """(pointer argument, HAS_STATE) for an optional rng_state [seed, offset]."""
-    if rng_state is None:
+def _state(rng_state, like, noisy=True):
+    """(pointer argument, HAS_STATE) for an optional rng_state [seed, offset] (unread without noise)."""
+    if rng_state is None or not noisy:
         return like, False
     if rng_state.dtype != torch.int64 or rng_state.numel() != 2 or rng_state.device != like.device:
         raise RuntimeError(f"rng_state must be an int64 tensor [seed, offset] on {like.device}")
@@ -59,10 +62,11 @@ def _state(rng_state, like):
 
 def _elementwise(kind, out, grad, param, lr_t, numel, p, mode, seed, offset, rng_state):
     lr_full = lr_t is not None and lr_t.dim() > 0
-    state, has_state = _state(rng_state, out)
+    mode = _mode(p, mode)
+    state, has_state = _state(rng_state, out, mode != 0)
     _launch(K.elementwise_kernel, _grid(numel), out, grad if grad is not None else out, param if param is not None else out,
             lr_t if lr_t is not None else out, state, numel, seed, offset // 4, *_scalars(p),
-            KIND=kind, MODE=_mode(p, mode), LR_FULL=lr_full, ACC=_tl(_acc(out.dtype)), HAS_STATE=has_state)
+            KIND=kind, MODE=mode, LR_FULL=lr_full, ACC=_tl(_acc(out.dtype)), HAS_STATE=has_state)
     return out
 
 
@@ -113,7 +117,7 @@ def _step(params, grads, lrs, lr, weight_decay, p, mode, seed, offset, rng_state
         table = torch.tensor(rows, dtype=torch.int64).to(device, non_blocking=True)
         block_tensor = torch.repeat_interleave(torch.arange(len(ks), dtype=torch.int32), torch.tensor(blocks))
         block_tensor = block_tensor.to(device, non_blocking=True)
-        state, has_state = _state(rng_state, ws[ks[0]])
+        state, has_state = _state(rng_state, ws[ks[0]], _mode(p, mode) != 0)
         # Without weight decay wd_ptr is never read: the table stands in, no tensor is made and copied.
         wd = torch.tensor(weight_decay, dtype=_acc(dtype)).to(device, non_blocking=True) if weight_decay else table
         _launch(K.step_kernel, (first,), table, block_tensor, state, wd, seed, *_scalars(p), MODE=_mode(p, mode),
@@ -136,7 +140,7 @@ def dropgrad_step_(params, grads, lrs, lr, weight_decay, p, noise_mode, seed, of
 def meta_dropout(f, a, deterministic, seed, offset, rng_state=None):
     fc, ac = f.contiguous(), a.contiguous()
     out = torch.empty_like(fc)
-    state, has_state = _state(rng_state, fc)
+    state, has_state = _state(rng_state, fc, not deterministic)
     _launch(K.meta_dropout_kernel, _grid(fc.numel()), out, fc, ac, state, fc.numel(), seed, offset // 4,
             NOISY=not deterministic, ACC=_tl(_acc(fc.dtype)), HAS_STATE=has_state)
     return out
@@ -146,7 +150,7 @@ def meta_dropout_backward(grad_out, f, a, deterministic, seed, offset, rng_state
     fc, ac = f.contiguous(), a.contiguous()
     g = grad_out.contiguous().to(fc.dtype)
     gf, ga = torch.empty_like(fc), torch.empty_like(fc)
-    state, has_state = _state(rng_state, fc)
+    state, has_state = _state(rng_state, fc, not deterministic)
     _launch(K.meta_dropout_backward_kernel, _grid(fc.numel()), gf, ga, g, fc, ac, state, fc.numel(), seed, offset // 4,
             NOISY=not deterministic, ACC=_tl(_acc(fc.dtype)), HAS_STATE=has_state)
     return gf, ga
@@ -156,7 +160,7 @@ def meta_dropout_double_backward(grad_grad_f, grad_grad_a, grad_out, f, a, deter
     fc = f.contiguous()
     ins = [t.contiguous().to(fc.dtype) for t in (grad_grad_f, grad_grad_a, grad_out)]
     outs = [torch.empty_like(fc) for _ in range(3)]
-    state, has_state = _state(rng_state, fc)
+    state, has_state = _state(rng_state, fc, not deterministic)
     _launch(K.meta_dropout_double_backward_kernel, _grid(fc.numel()), *outs, *ins, fc, a.contiguous(), state, fc.numel(),
             seed, offset // 4, NOISY=not deterministic, ACC=_tl(_acc(fc.dtype)), HAS_STATE=has_state)
     return tuple(outs)
