@@ -88,6 +88,6 @@ setup(
     python_requires=">=3.10",
     # The releases the package is tested with (scripts/compat.sh; the README's table). The C++
     # extension links against the torch it is built with: build with --no-build-isolation.
-    install_requires=["torch>=2.13,<2.16"],
+    install_requires=["torch>=2.11,<2.16"],
     extras_require={"examples": ["matplotlib", "tqdm", "pillow"], "higher": ["higher"], "interpreter": ["numpy"]},
 )

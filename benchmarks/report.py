@@ -10,6 +10,7 @@ import argparse
 import csv
 import json
 import os
+import subprocess
 import sys
 import time
 from collections import defaultdict
@@ -34,7 +35,7 @@ GPU_ANALYSIS = [
 
 # The main job's parts and about how long each takes on a 2-core machine (seconds; --full: x4 for
 # the op benchmarks), for the progress lines.
-STAGES = [("op benchmarks", 420), ("huge pages", 40), ("DropGrad meta-iterations", 330),
+STAGES = [("op benchmarks", 420), ("host cost", 40), ("huge pages", 40), ("DropGrad meta-iterations", 330),
           ("Meta-Dropout meta-iterations", 420), ("memory", 120), ("vmap", 150)]
 
 
@@ -129,7 +130,7 @@ def main(argv=None):
         os.environ["DROPGRAD_BENCH_FULL"] = "1"
     os.makedirs(RESULTS, exist_ok=True)
     raw = os.path.join(RESULTS, "benchmarks.json")
-    stage = Progress(STAGES if not args.no_e2e else STAGES[:2], full=args.full)
+    stage = Progress(STAGES if not args.no_e2e else STAGES[:3], full=args.full)
     stage("op benchmarks (pytest-benchmark)")
     pytest_args = [os.path.join(os.path.dirname(__file__), "test_bench.py"), "-q", "-p", "no:cacheprovider",
                    f"--benchmark-json={raw}", "--benchmark-disable-gc", "--benchmark-columns=median,iqr,rounds"]
@@ -146,7 +147,15 @@ def main(argv=None):
     md = [f"Medians of 7 rounds (15 after 6 warm-up rounds from 1M elements), 2 threads, on {report['machine']}; every ratio from this one run.\n",
           speed_table(rows)]
 
-    from benchmarks import huge_pages
+    from benchmarks import host_cost, huge_pages
+
+    stage("host cost: tiny tensors, fused vs the eager form, interleaved")
+    hc = host_cost.run()
+    md += ["\nHost cost on tiny tensors (10 elements, one thread: the arithmetic is negligible, what remains is "
+           "Python, checks, the dispatcher and autograd, which bound small models on a GPU); variants "
+           f"interleaved over {host_cost.ROUNDS} rounds, the ratios' 95% intervals over the paired rounds:\n",
+           host_cost.table(hc)]
+    report.update(host_cost=hc)
 
     stage("huge pages: the 11M update with and without DROPGRAD_THP=1")
     thp = {setting: huge_pages.run(setting == "DROPGRAD_THP=1") for setting in ("default", "DROPGRAD_THP=1")}
@@ -238,8 +247,28 @@ def main(argv=None):
         w.writeheader()
         w.writerows(report["ops"])
     plot(rows, os.path.join(RESULTS, "time_vs_size.png"))
-    print(f"\nwritten: {RESULTS}/report.md, report.json, ops.csv, benchmarks.json, time_vs_size.png")
+    if not args.k:  # a whole run refreshes the committed copy: docs/benchmarks.md and its plot
+        with open(os.path.join(ROOT, "docs", "benchmarks.md"), "w") as fh:
+            fh.write(docs_page(text, report["machine"]))
+        plot(rows, os.path.join(ROOT, "docs", "time_vs_size.png"))
+    print(f"\nwritten: {RESULTS}/report.md, report.json, ops.csv, benchmarks.json, time_vs_size.png"
+          + ("" if args.k else "; docs/benchmarks.md, docs/time_vs_size.png"))
     return 0
+
+
+def docs_page(text, machine):
+    """docs/benchmarks.md: the report with the commit, machine and date it ran on at the top."""
+    def git(*a):
+        return subprocess.run(["git", *a], cwd=ROOT, capture_output=True, text=True).stdout.strip()
+
+    commit = git("rev-parse", "--short", "HEAD") or "?"
+    dirty = " with uncommitted changes" if git("status", "--porcelain", "--untracked-files=no") else ""
+    when = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+    return (f"# Benchmarks: fused ops against the eager reference\n\nWritten by the main job (`bash scripts/bench.sh`, "
+            f"benchmarks/report.py) at commit {commit}{dirty}, on {machine} ({os.cpu_count()} cores, no GPU), "
+            f"{when}. Measured on this CPU; nothing here is a GPU figure (the GPU analysis at the end is "
+            f"predicted). Each rerun of the main job rewrites this page.\n\n{text}\n\n"
+            "![time vs size](time_vs_size.png)\n")
 
 
 if __name__ == "__main__":

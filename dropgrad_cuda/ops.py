@@ -3,6 +3,7 @@ themselves (_autograd.py), so every backend's kernels are differentiable to any 
 import math
 import numbers
 import os
+import threading
 
 import torch
 import torch.nn.functional as F
@@ -176,13 +177,27 @@ def _rng(seed, like, numel, kernels, noisy=True):
     return _seed(seed), None
 
 
+_draws = threading.local()  # one reused int64 scalar per thread for the seed draws
+
+
+def _draw():
+    """A seed in [0, 2**63 - 1) from torch's default generator: random_ on a reused scalar, the
+    same numbers as torch.randint(0, 2**63 - 1, ()) at half its cost (no allocation)."""
+    buf = getattr(_draws, "buf", None)
+    if buf is None:
+        buf = _draws.buf = torch.empty((), dtype=torch.int64)
+    return buf.random_(0, 2**63 - 1).item()
+
+
 def _seed(seed):
     """The seed as the ops' int64 argument (two's complement of a 64-bit seed); None draws one
     from torch's default generator, outside any torch.func transform (vmap would otherwise batch
     or refuse the draw; the batching rules derive each element's stream from this one seed)."""
     if seed is None:
+        if not torch._C._are_functorch_transforms_active():
+            return _draw()
         with pyfunctorch.temporarily_clear_interpreter_stack():
-            return int(torch.randint(0, 2**63 - 1, (), dtype=torch.int64))
+            return _draw()
     seed = _check_int(seed, "seed")
     if not 0 <= seed < _SEED_MOD:
         raise ValueError(f"seed must be in [0, 2**64), got {seed}")

@@ -5,8 +5,8 @@
 #                                           dependencies and run scripts/wheel_smoke.py there
 #   bash scripts/compat.sh torch VERSION    build against torch VERSION (CPU kernels, and the
 #                                           cuda-emulated backend) and run the CPU test suite
-#   bash scripts/compat.sh                  all three: wheel, torch 2.13.0+cpu, torch 2.15.0
-# torch 2.13.0+cpu comes from this machine's disk, 2.15.0 from the registry (about 4 GB with its
+#   bash scripts/compat.sh                  all four: wheel, torch 2.11.0 (the GPU machines'), 2.13.0+cpu, 2.15.0
+# torch 2.13.0+cpu comes from this machine's disk, 2.11.0 and 2.15.0 from the registry (about 4 GB each with their
 # nvidia wheels). Pytest arguments for the suites go in COMPAT_PYTEST_ARGS.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -65,6 +65,6 @@ suite() {  # $1: torch version
 case "${1:-all}" in
   wheel) wheel ;;
   torch) suite "${2:?usage: compat.sh torch VERSION}" ;;
-  all) wheel; suite 2.13.0+cpu; suite 2.15.0 ;;
+  all) wheel; suite 2.11.0; suite 2.13.0+cpu; suite 2.15.0 ;;
   *) echo "usage: compat.sh [wheel | torch VERSION]" >&2; exit 2 ;;
 esac

@@ -146,8 +146,9 @@ KERNELS=$("$PY" -c "import dropgrad_cuda as dg; print(int(dg.cuda_kernels_built(
 
 if [ "$DRY" = 1 ]; then
   COLLECTED=$("$PY" -m pytest -q -p no:cacheprovider --collect-only "${TEST_ARGS[@]}" 2>&1)
+  rc=$?
   N=$(echo "$COLLECTED" | grep -E "^[0-9]+(/[0-9]+)? tests? (collected|selected)" | tail -1 | grep -oE "^[0-9]+")
-  if [ -z "$N" ] || echo "$COLLECTED" | grep -q "error"; then
+  if [ "$rc" != 0 ] || [ -z "$N" ]; then
     echo "$COLLECTED" | tail -20
     echo "gpu_check: collecting the tests failed"
     exit 1
