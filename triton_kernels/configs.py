@@ -23,7 +23,7 @@ def configurations():
     for d, kind, mode, lr_full, state in itertools.product(DTYPES, (K.NOISE, K.DROP_GRAD, K.UPDATE), (0, 1, 2, 3),
                                                            (False, True), (False, True)):
         launched = {K.NOISE: d == "fp32" and not lr_full and mode != 0,  # the noise op writes float32
-                    K.DROP_GRAD: not lr_full and mode != 3,
+                    K.DROP_GRAD: not lr_full,  # mode 3: logit_noise's backward
                     K.UPDATE: mode != 3 or not lr_full}[kind]  # mode 3: logit_noise, a scalar lr of -1
         if not launched or (state and mode == 0):  # no noise, no stream
             continue
@@ -32,8 +32,8 @@ def configurations():
                "LR_FULL": "constexpr", "ACC": "constexpr", "HAS_STATE": "constexpr"}
         yield (f"elementwise[{d},kind={kind},mode={mode},lr_full={lr_full},state={state}]", K.elementwise_kernel, sig,
                {"KIND": kind, "MODE": mode, "LR_FULL": lr_full, "ACC": _acc(d), "HAS_STATE": state})
-    for d, mode, state, wd in itertools.product(DTYPES, (0, 1, 2), (False, True), (False, True)):
-        if state and mode == 0:
+    for d, mode, state, wd in itertools.product(DTYPES, (0, 1, 2, 3), (False, True), (False, True)):
+        if (state and mode == 0) or (mode == 3 and wd):  # mode 3: logit_noise under vmap, never in place
             continue
         sig = {"table_ptr": "*i64", "block_tensor_ptr": "*i32", "state_ptr": "*i64", "wd_ptr": f"*{_acc(d).name}" if wd else "*i64", **runtime,
                "MODE": "constexpr", "DTYPE": "constexpr", "ACC": "constexpr", "HAS_STATE": "constexpr",
