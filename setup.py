@@ -23,8 +23,10 @@ def _find_cuda_home():
 _find_cuda_home()
 from torch.utils import cpp_extension  # noqa: E402  (reads CUDA_HOME on import)
 
-CXX_FLAGS = ["-O3", "-ffp-contract=off", "-fno-math-errno", "-fno-trapping-math", "-fopenmp"]
-# -ffp-contract=off keeps results bit-equal to the reference; the other two only let GCC vectorize.
+CXX_FLAGS = ["-O3", "-ffp-contract=off", "-fno-math-errno", "-fno-trapping-math", "-fopenmp",
+             "-idirafter", os.path.join(os.path.dirname(os.path.abspath(__file__)), "csrc", "compat")]
+# -ffp-contract=off keeps results bit-equal to the reference; the next two only let GCC vectorize;
+# csrc/compat stands in for a header torch's functorch headers include but do not ship.
 
 
 def cuda_available_for_build():
@@ -48,7 +50,7 @@ def cuda_headers():
 
 
 def extension():
-    sources = ["csrc/ops.cpp"] + sorted(glob.glob("csrc/cpu/*.cpp"))
+    sources = ["csrc/ops.cpp", "csrc/autograd.cpp"] + sorted(glob.glob("csrc/cpu/*.cpp"))
     include = cuda_headers()
     if include:
         sources += sorted(glob.glob("csrc/emulated/*.cpp"))

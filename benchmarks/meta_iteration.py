@@ -87,14 +87,15 @@ def _native_output_silenced():
 
 
 # The fused ops' events in a profile: each forward op and the graph nodes of its derivatives
-# (named after the op, dropgrad_cuda/_autograd.py). Nodes run in separate engine calls, so the
-# events of one group do not nest in another's.
+# (named after the op, csrc/autograd.cpp). Nodes run in separate engine calls, so the events of
+# one group do not nest in another's.
+_NODE = "autograd::engine::evaluate_function: "
 FUSED_EVENTS = {
     "DropGrad": {"forward (dropgrad_step)": ["dropgrad::dropgrad_step"],
-                 "backward and double backward": ["DropgradStepFnBackward", "DropGradFnBackward"]},
+                 "backward and double backward": [_NODE + "DropgradStepBackward", _NODE + "DropGradBackward"]},
     "Meta-Dropout": {"forward (meta_dropout)": ["dropgrad::meta_dropout"],
-                     "backward (fused meta_dropout_backward)": ["MetaDropoutFnBackward"],
-                     "double backward (fused meta_dropout_double_backward)": ["MetaDropoutBackwardFnBackward"]},
+                     "backward (fused meta_dropout_backward)": [_NODE + "MetaDropoutBackward"],
+                     "double backward (fused meta_dropout_double_backward)": [_NODE + "MetaDropoutBackwardBackward"]},
 }
 
 

@@ -19,6 +19,13 @@ namespace dg {
 // Noise modes as the ops' schemas pass them.
 enum Mode : int64_t { kNone = 0, kBernoulli = 1, kGaussian = 2, kNormal = 3 };
 
+// The stream length a tensor of numel elements takes in a multi-tensor call: numel rounded up to
+// a multiple of 4 (one Philox call serves four elements), so tensor k's noise starts where tensor
+// k-1's ends (docs/noise_contract.md; reference.span in Python).
+// A template for the symbolic sizes of torch.compile's dynamic shapes too (c10::SymInt).
+template <typename Int>
+DG_HD Int span(Int numel) { return (numel + 3) / 4 * 4; }
+
 // Philox4x32-10 exactly as triton/language/random.py:philox_impl.
 DG_HD void philox4x32_10(uint32_t c[4], uint32_t k0, uint32_t k1) {
   for (int r = 0; r < 10; ++r) {

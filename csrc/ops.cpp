@@ -1,20 +1,53 @@
 // Schemas of the dropgrad:: ops, written once (define_ops; the emulated CUDA kernels register the
 // same ops as dropgrad_emulated::); kernels register per dispatch key in csrc/cpu and csrc/cuda,
-// autograd and fake (meta) implementations in dropgrad_cuda/_autograd.py.
+// autograd in csrc/autograd.cpp, fake (meta) implementations and batching rules in
+// dropgrad_cuda/_autograd.py and _batching.py.
 // mode: 0 none, 1 bernoulli, 2 gaussian, 3 normal (raw N(0,1), the meta-dropout epsilon).
 // rng_state: an int64 tensor [seed, offset] on the op's device that, when given, replaces the
 // seed argument and adds its offset to the offset argument, read when the kernel runs;
 // cuda_rng_state fills one from torch's CUDA generator on the device, so a captured CUDA graph
 // draws fresh noise on every replay, and backward reuses the state of its forward.
 #include <Python.h>
+#include <ATen/CPUGeneratorImpl.h>
 #include <torch/library.h>
 
+#include <mutex>
+
+#include "autograd.h"
 #include "ops.h"
+
+namespace {
+// _C.draw_seed(): a seed in [0, 2**63 - 1) from torch's default CPU generator, the number
+// torch.randint(0, 2**63 - 1, ()) would draw (random64 modulo the range, as ATen's random_), at
+// the cost of a C call: no tensor, no dispatch, and nothing a torch.func transform could batch.
+PyObject* draw_seed(PyObject*, PyObject*) {
+  auto* gen = at::check_generator<at::CPUGeneratorImpl>(at::detail::getDefaultCPUGenerator());
+  uint64_t r;
+  {
+    std::lock_guard<std::mutex> lock(gen->mutex_);
+    r = gen->random64();
+  }
+  return PyLong_FromUnsignedLongLong(r % ((uint64_t(1) << 63) - 1));
+}
+
+// _C.regenerating_outside(level): for the batching rules (dropgrad_cuda/_batching.py).
+PyObject* regenerating_outside(PyObject*, PyObject* level) {
+  const long long l = PyLong_AsLongLong(level);
+  if (l == -1 && PyErr_Occurred()) return nullptr;
+  return PyBool_FromLong(dg::regenerating_outside(l));
+}
+
+PyMethodDef methods[] = {
+    {"draw_seed", draw_seed, METH_NOARGS, "A seed from torch's default generator, as torch.randint(0, 2**63 - 1, ())."},
+    {"regenerating_outside", regenerating_outside, METH_O,
+     "Inside a backward whose forward did not run under this vmap level."},
+    {nullptr, nullptr, 0, nullptr}};
+}  // namespace
 
 extern "C" {
 // Importing dropgrad_cuda._C loads this library and so runs the registrations below.
 PyObject* PyInit__C(void) {
-  static struct PyModuleDef module_def = {PyModuleDef_HEAD_INIT, "_C", nullptr, -1, nullptr};
+  static struct PyModuleDef module_def = {PyModuleDef_HEAD_INIT, "_C", nullptr, -1, methods};
   return PyModule_Create(&module_def);
 }
 }
@@ -51,3 +84,6 @@ TORCH_LIBRARY(dropgrad, m) {
   dg::define_ops(m);
   m.def("cuda_rng_state(Tensor like, int numel) -> Tensor");
 }
+
+// The Triton backend's ops: the same schemas, kernels registered from Python (triton_kernels/ops.py).
+TORCH_LIBRARY(dropgrad_triton, m) { dg::define_ops(m); }

@@ -9,35 +9,11 @@ the unbatched call's noise; "error" (vmap's default) refuses an op that draws no
 A backward regenerates its forward's noise: at a vmap level its forward did not run under (the
 vmap over cotangents of jacrev, or a user's vmap of a vjp), every element gets that same noise.
 """
-import contextlib
-import threading
-
 import torch
-from torch._C._functorch import TransformType
 from torch._functorch import pyfunctorch
 
+from . import _C
 from .reference import span
-
-_regen = threading.local()
-
-
-def vmap_levels():
-    """The vmap levels active now (recorded by a forward for its backward)."""
-    if not torch._C._are_functorch_transforms_active():
-        return frozenset()
-    return frozenset(i.level() for i in pyfunctorch.retrieve_all_functorch_interpreters()
-                     if i.key() == TransformType.Vmap)
-
-
-@contextlib.contextmanager
-def regenerating(levels):
-    """Op calls inside regenerate the noise of a forward that ran under the vmap `levels`."""
-    before = getattr(_regen, "levels", None)
-    _regen.levels = levels
-    try:
-        yield
-    finally:
-        _regen.levels = before
 
 
 def _front(x, d, size):
@@ -47,9 +23,8 @@ def _front(x, d, size):
 
 def _randomness(info, name):
     """The randomness a noisy op follows at this level."""
-    levels = getattr(_regen, "levels", None)
-    if levels is not None and pyfunctorch.retrieve_current_functorch_interpreter().level() not in levels:
-        return "same"
+    if _C.regenerating_outside(pyfunctorch.retrieve_current_functorch_interpreter().level()):
+        return "same"  # a backward at a vmap level its forward did not run under (csrc/autograd.cpp)
     if info.randomness == "error":
         raise RuntimeError(
             f"dropgrad {name} draws noise, and vmap's randomness argument is 'error' (its default): pass "

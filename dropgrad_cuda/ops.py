@@ -1,23 +1,23 @@
 """The public ops: argument checks, seeds, and the choice of backend. Autograd lives with the ops
-themselves (_autograd.py), so every backend's kernels are differentiable to any order."""
+themselves (csrc/autograd.cpp), so every backend's kernels are differentiable to any order."""
 import math
 import numbers
 import os
-import threading
 
 import torch
 import torch.nn.functional as F
 from torch._C._functorch import TransformType
 from torch._functorch import pyfunctorch
 
-from . import _autograd, reference
+from . import _C, _autograd, reference
 from .reference import MODES
 
 BACKENDS = ("auto", "cpu", "cuda", "triton", "cuda-emulated", "reference")
 # The ops of csrc/ops.cpp, each with a kernel on every backend.
 OP_NAMES = ("philox4x32_10", "noise", "drop_grad", "dropgrad_update", "dropgrad_step", "dropgrad_step_",
             "meta_dropout", "meta_dropout_backward", "meta_dropout_double_backward")
-_FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+_FLOAT_DTYPES = frozenset((torch.float16, torch.bfloat16, torch.float32, torch.float64))
+_USER_MODES = {k: v for k, v in MODES.items() if k != "normal"}  # "normal" is logit_noise's, internal
 _SEED_MOD = 1 << 64
 
 _autograd.register(torch.ops.dropgrad, "dropgrad")
@@ -58,8 +58,16 @@ def _triton_ops():
     return torch.ops.dropgrad_triton
 
 
-def _kernels(backend, device):
-    """The namespace of ops that runs `backend` on `device`, or the reference module."""
+_CPU_KERNELS = torch.ops.dropgrad
+
+
+def _kernels(backend, where):
+    """The namespace of ops that runs `backend` where a tensor (or on a torch.device) is, or the
+    reference module."""
+    device = where if isinstance(where, torch.device) else None
+    if backend == "auto" and device is None and where.is_cpu:  # the common call, first
+        return _CPU_KERNELS
+    device = device or where.device
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
     if backend == "auto":
@@ -93,19 +101,6 @@ def _kernels(backend, device):
     return _triton_ops()
 
 
-def _call(k, name, inputs, *args):
-    """k.<name>.default(*args). When autograd has nothing to record (grad mode off, or no input
-    that requires grad) the call skips the autograd layer, whose Python wrapper costs more than a
-    small kernel (~30 us on a list of 18 tensors); under torch.compile and torch.func transforms
-    the op is dispatched as is."""
-    op = getattr(k, name).default
-    if (torch.compiler.is_compiling() or torch._C._are_functorch_transforms_active()
-            or (torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in inputs))):
-        return op(*args)
-    with torch._C._AutoDispatchBelowAutograd():
-        return op(*args)
-
-
 # ---------------------------------------------------------------- argument checks
 def _check_tensor(t, name):
     if not isinstance(t, torch.Tensor):
@@ -115,6 +110,9 @@ def _check_tensor(t, name):
 
 
 def _check_pair(a, b, an, bn):
+    if (isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor) and a.dtype is b.dtype
+            and a.dtype in _FLOAT_DTYPES and a.shape == b.shape and a.device == b.device):
+        return  # the common call; otherwise name what is wrong
     _check_tensor(a, an)
     _check_tensor(b, bn)
     if a.shape != b.shape:
@@ -126,6 +124,8 @@ def _check_pair(a, b, an, bn):
 
 
 def _check_p(p):
+    if type(p) is float and 0.0 <= p < 1.0:
+        return p
     if isinstance(p, bool) or not isinstance(p, numbers.Real):
         raise TypeError(f"p must be a real number, got {type(p).__name__}")
     p = float(p)
@@ -135,9 +135,10 @@ def _check_p(p):
 
 
 def _check_mode(mode):
-    if mode not in ("gaussian", "bernoulli", "none"):
-        raise ValueError(f"mode must be 'gaussian', 'bernoulli' or 'none', got {mode!r}")
-    return MODES[mode]
+    try:
+        return _USER_MODES[mode]
+    except (KeyError, TypeError):
+        raise ValueError(f"mode must be 'gaussian', 'bernoulli' or 'none', got {mode!r}") from None
 
 
 def _noisy(p, mode):
@@ -177,27 +178,11 @@ def _rng(seed, like, numel, kernels, noisy=True):
     return _seed(seed), None
 
 
-_draws = threading.local()  # one reused int64 scalar per thread for the seed draws
-
-
-def _draw():
-    """A seed in [0, 2**63 - 1) from torch's default generator: random_ on a reused scalar, the
-    same numbers as torch.randint(0, 2**63 - 1, ()) at half its cost (no allocation)."""
-    buf = getattr(_draws, "buf", None)
-    if buf is None:
-        buf = _draws.buf = torch.empty((), dtype=torch.int64)
-    return buf.random_(0, 2**63 - 1).item()
-
-
 def _seed(seed):
     """The seed as the ops' int64 argument (two's complement of a 64-bit seed); None draws one
-    from torch's default generator, outside any torch.func transform (vmap would otherwise batch
-    or refuse the draw; the batching rules derive each element's stream from this one seed)."""
+    from torch's default generator (the batching rules derive each element's stream from it)."""
     if seed is None:
-        if not torch._C._are_functorch_transforms_active():
-            return _draw()
-        with pyfunctorch.temporarily_clear_interpreter_stack():
-            return _draw()
+        return _C.draw_seed()  # a C call: nothing a torch.func transform could batch or refuse
     seed = _check_int(seed, "seed")
     if not 0 <= seed < _SEED_MOD:
         raise ValueError(f"seed must be in [0, 2**64), got {seed}")
@@ -205,6 +190,8 @@ def _seed(seed):
 
 
 def _offset(offset, numel):
+    if offset == 0 and type(offset) is int:
+        return 0
     offset = _check_int(offset, "offset")
     if offset < 0 or offset % 4 or offset + numel >= 1 << 63:
         raise ValueError(f"offset must be a non-negative multiple of 4 below 2**63 - numel, got {offset}")
@@ -213,6 +200,8 @@ def _offset(offset, numel):
 
 def _check_lr(lr, param, name="lr"):
     """A Python float (returned as (None, lr)) or a tensor: 0-d or of param's shape (returned as (lr, 0.0))."""
+    if type(lr) is float and not torch.compiler.is_compiling():
+        return None, lr
     if isinstance(lr, torch.Tensor):
         if not lr.is_floating_point():
             raise TypeError(f"{name} must be a floating-point tensor, got {lr.dtype}")
@@ -238,11 +227,11 @@ def drop_grad(grad, p, mode="gaussian", *, seed=None, offset=0, backend="auto"):
     _check_tensor(grad, "grad")
     p, m = _check_p(p), _check_mode(mode)
     offset = _offset(offset, grad.numel())
-    k = _kernels(backend, grad.device)
+    k = _kernels(backend, grad)
     seed, state = _rng(seed, grad, grad.numel(), k, _noisy(p, mode))
     if k is reference:
         return reference.drop_grad(grad, p, mode, seed=seed, offset=offset)
-    return _call(k, "drop_grad", (grad,), grad, p, m, seed, offset, state)
+    return k.drop_grad.default(grad, p, m, seed, offset, state)
 
 
 def dropgrad_update(param, grad, lr, p, mode="gaussian", *, seed=None, offset=0, backend="auto"):
@@ -251,11 +240,11 @@ def dropgrad_update(param, grad, lr, p, mode="gaussian", *, seed=None, offset=0,
     lr_t, lr_f = _check_lr(lr, param)
     p, m = _check_p(p), _check_mode(mode)
     offset = _offset(offset, param.numel())
-    k = _kernels(backend, param.device)
+    k = _kernels(backend, param)
     seed, state = _rng(seed, param, param.numel(), k, _noisy(p, mode))
     if k is reference:
         return reference.dropgrad_update(param, grad, lr, p, mode, seed=seed, offset=offset)
-    return _call(k, "dropgrad_update", (param, grad, lr_t), param, grad, lr_t, lr_f, p, m, seed, offset, state)
+    return k.dropgrad_update.default(param, grad, lr_t, lr_f, p, m, seed, offset, state)
 
 
 def dropgrad_step(params, grads, lr, p, mode="gaussian", *, seed=None, offset=0, backend="auto"):
@@ -278,7 +267,10 @@ def dropgrad_step_(params, grads, lr, p, mode="gaussian", *, weight_decay=0.0, s
     if not math.isfinite(weight_decay):
         raise ValueError(f"weight_decay must be finite, got {weight_decay}")
     params = list(params)
-    _autograd.refuse_grad(params)
+    if torch.is_grad_enabled() and any(isinstance(w, torch.Tensor) and w.requires_grad for w in params):
+        # The kernel backends' autograd refuses this too (csrc/autograd.cpp); here for every backend.
+        raise RuntimeError("dropgrad_step_ updates params in place and is not differentiable: call it under "
+                           "torch.no_grad() (as an optimizer step does), or use dropgrad_step for new tensors")
     _check_disjoint(params)
     _step("dropgrad_step_", params, grads, lr, p, mode, seed, offset, backend, float(weight_decay))
 
@@ -315,7 +307,7 @@ def _step(name, params, grads, lr, p, mode, seed, offset, backend, *weight_decay
         return []
     if not isinstance(params[0], torch.Tensor):
         _check_lists(params, grads)
-    k = _kernels(backend, params[0].device)
+    k = _kernels(backend, params[0])
     if k is not torch.ops.dropgrad:
         _check_lists(params, grads)  # the C++ kernels check every pair themselves, at no Python cost
     if isinstance(lr, (list, tuple)):
@@ -332,15 +324,14 @@ def _step(name, params, grads, lr, p, mode, seed, offset, backend, *weight_decay
         lrs = [] if lr_t is None else [lr_t] * len(params)
     p, m = _check_p(p), _check_mode(mode)
     # The stream's span only matters for a nonzero offset's range and the CUDA generator's reservation.
-    span = sum(w.numel() + 3 for w in params) if offset or params[0].is_cuda else 0
+    span = sum(reference.span(w.numel()) for w in params) if offset or params[0].is_cuda else 0
     offset = _offset(offset, span)
     seed, state = _rng(seed, params[0], span, k, _noisy(p, mode))
     if k is reference:
         wd = dict(weight_decay=weight_decay[0]) if weight_decay else {}
         return getattr(reference, name)(params, grads, lrs or lr_f, p, mode, seed=seed, offset=offset, **wd)
     try:
-        return _call(k, name, (*params, *grads, *lrs), params, grads, lrs, lr_f, *weight_decay, p, m, seed, offset,
-                     state)
+        return getattr(k, name).default(params, grads, lrs, lr_f, *weight_decay, p, m, seed, offset, state)
     except (RuntimeError, TypeError, AttributeError):
         _check_lists(params, grads)  # name the offending pair if the kernel objected to one
         raise
@@ -360,11 +351,11 @@ def meta_dropout(f, a, *, deterministic=False, seed=None, offset=0, backend="aut
     if not isinstance(deterministic, bool):
         raise TypeError(f"deterministic must be a bool, got {type(deterministic).__name__}")
     offset = _offset(offset, f.numel())
-    k = _kernels(backend, f.device)
+    k = _kernels(backend, f)
     seed, state = _rng(seed, f, f.numel(), k, not deterministic)
     if k is reference:
         return reference.meta_dropout(f, a, deterministic=deterministic, seed=seed, offset=offset)
-    return _call(k, "meta_dropout", (f, a), f, a, deterministic, seed, offset, state)
+    return k.meta_dropout.default(f, a, deterministic, seed, offset, state)
 
 
 def logit_noise(mu, s, *, deterministic=False, seed=None, offset=0, backend="auto"):
@@ -386,14 +377,14 @@ def logit_noise(mu, s, *, deterministic=False, seed=None, offset=0, backend="aut
     if not fits:
         raise ValueError(f"s of shape {tuple(s.shape)} must broadcast to mu's shape {tuple(mu.shape)}")
     offset = _offset(offset, mu.numel())
-    k = _kernels(backend, mu.device)
+    k = _kernels(backend, mu)
     if deterministic:
         return mu
     seed, state = _rng(seed, mu, mu.numel(), k)
     if k is reference:
         return reference.logit_noise(mu, s, seed=seed, offset=offset)
     scale = F.softplus(s).expand(mu.shape)
-    return _call(k, "dropgrad_update", (mu, scale), mu, scale, None, -1.0, 0.0, MODES["normal"], seed, offset, state)
+    return k.dropgrad_update.default(mu, scale, None, -1.0, 0.0, MODES["normal"], seed, offset, state)
 
 
 def philox4x32_10(counter, key, *, backend="auto"):
@@ -413,5 +404,5 @@ def philox4x32_10(counter, key, *, backend="auto"):
         key = key.expand(*counter.shape[:-1], 2)
     except RuntimeError as e:
         raise ValueError(f"key of shape {tuple(key.shape)} does not broadcast to counter's {tuple(counter.shape)}") from e
-    k = _kernels(backend, counter.device)
+    k = _kernels(backend, counter)
     return k.philox4x32_10(counter, key)

@@ -133,3 +133,15 @@ def test_seed_none_follows_torch_manual_seed():
     b = dg.drop_grad(g, 0.2)
     c = dg.drop_grad(g, 0.2)
     assert torch.equal(a, b) and not torch.equal(a, c)
+
+
+def test_seed_none_draws_what_torch_randint_draws():
+    """seed=None takes one number from torch's default generator, drawn in C (no tensor, nothing a
+    torch.func transform batches): the number torch.randint(0, 2**63 - 1, ()) would give, so
+    torch.manual_seed reproduces a run as before."""
+    from dropgrad_cuda import _C
+    for s in (0, 7, 2**40):
+        torch.manual_seed(s)
+        ours = [_C.draw_seed() for _ in range(4)]
+        torch.manual_seed(s)
+        assert ours == [int(torch.randint(0, 2**63 - 1, (), dtype=torch.int64)) for _ in range(4)]

@@ -1,5 +1,5 @@
-"""Host side of the Triton backend: launches the kernels and registers them as
-torch.ops.dropgrad_triton.*, with the schemas of the C++ dropgrad:: ops and the same autograd."""
+"""Host side of the Triton backend: launches the kernels and registers them as the CPU and CUDA
+kernels of torch.ops.dropgrad_triton.*, whose schemas and autograd are the C++ dropgrad:: ops'."""
 import math
 
 import torch
@@ -12,8 +12,8 @@ from dropgrad_cuda.reference import stream_offsets
 from . import configs
 from . import kernels as K
 
-NAMESPACE = "dropgrad_triton"
-_lib = torch.library.Library(NAMESPACE, "DEF")
+NAMESPACE = "dropgrad_triton"  # its schemas and autograd are C++ (csrc/ops.cpp, csrc/autograd.cpp)
+_lib = torch.library.Library(NAMESPACE, "IMPL")
 
 
 def _acc(dtype):
@@ -178,8 +178,6 @@ def _register():
     impls = globals()
     for name in OP_NAMES:
         fn = impls[name]
-        schema = str(getattr(torch.ops.dropgrad, name).default._schema).split("::", 1)[1]
-        _lib.define(schema)
         # CPU runs only under TRITON_INTERPRET=1; dropgrad_cuda.ops checks that before dispatching here.
         _lib.impl(name, fn, "CPU")
         _lib.impl(name, fn, "CUDA")

@@ -483,7 +483,7 @@ void step_cpu(at::TensorList params, at::TensorList grads, at::TensorList lrs, d
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, w.scalar_type(), "dropgrad_step",
                                     [&] { it.run = in_place ? &run_step_<scalar_t> : &run_update<scalar_t>; });
     keep.insert(keep.end(), {w, g, l.vec});
-    stream += (w.numel() + 3) / 4 * 4;
+    stream += dg::span(w.numel());
     first_block[k + 1] = first_block[k] + (w.numel() + kBlock - 1) / kBlock;
   }
   const Stream st = make_stream(p, mode, seed);

@@ -142,7 +142,7 @@ std::vector<at::Tensor> step(at::TensorList params, at::TensorList grads, at::Te
     const auto l = learning_rate(lrs.empty() ? OptTensor() : OptTensor(lrs[k]), lr, ws[k], keep[k]);
     by_dtype[static_cast<int>(dtype_of(ws[k]))].push_back({ws[k].data_ptr(), gs[k].data_ptr(), outs[k].data_ptr(), l,
                                                            ws[k].numel(), q});
-    q += (ws[k].numel() + 3) / 4;
+    q += dg::span(ws[k].numel()) / 4;
   }
   if (nt == 0) return outs;
   const typename D::Guard guard(params[0].device());

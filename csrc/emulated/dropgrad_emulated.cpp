@@ -12,6 +12,7 @@
 
 #include "../cuda/kernels.cuh"
 #include "../cuda/host_ops.h"
+#include "../autograd.h"
 #include "../ops.h"
 
 namespace dg_cuda {
@@ -82,3 +83,5 @@ TORCH_LIBRARY(dropgrad_emulated, m) {
 }
 
 TORCH_LIBRARY_IMPL(dropgrad_emulated, CPU, m) { dg_cuda::register_kernels<dg_cuda::Emulated>(m); }
+TORCH_LIBRARY_IMPL(dropgrad_emulated, Autograd, m) { dg::register_autograd(m, dg::kEmulated); }
+TORCH_LIBRARY_IMPL(dropgrad_emulated, ADInplaceOrView, m) { dg::register_inplace_or_view(m, dg::kEmulated); }

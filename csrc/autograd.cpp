@@ -1,0 +1,486 @@
+// Autograd of the dropgrad ops under the Autograd dispatch key, written once for every namespace of
+// kernels (dropgrad: the CPU and CUDA kernels; dropgrad_emulated; dropgrad_triton).
+//
+// A forward saves its inputs and its stream's (seed, offset), never the noise; its backward is a
+// graph node that calls the same namespace's ops through the dispatcher, so the noise is
+// regenerated and every derivative is itself differentiable (second-order MAML; the third order of
+// meta_dropout is composite). The nodes are hand-written Node subclasses, as PyTorch's generated
+// VariableType kernels are: those run at every torch.func level (grad, vjp, jacrev, grad of grad,
+// vmap of grad), where torch::autograd::Function is refused, and they cost what a native op's
+// autograd costs (the Python autograd layer they replace cost 2-3x the eager ops' host time).
+#include "autograd.h"
+
+#include <ATen/ATen.h>
+#include <ATen/functorch/DynamicLayer.h>
+#include <torch/csrc/autograd/functions/utils.h>
+#include <torch/csrc/autograd/saved_variable.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <string>
+
+#include "dropgrad_math.h"
+
+namespace dg {
+namespace {
+
+using at::Tensor;
+using OptTensor = std::optional<Tensor>;
+using torch::autograd::SavedVariable;
+using torch::autograd::variable_list;
+
+constexpr const char* kNamespaces[] = {"dropgrad", "dropgrad_emulated", "dropgrad_triton"};
+
+// The ops a backward calls, by name and signature (csrc/ops.cpp's schemas).
+struct DropGradOp {
+  static constexpr const char* name = "drop_grad";
+  using Sig = Tensor(const Tensor&, double, int64_t, int64_t, int64_t, const OptTensor&);
+};
+struct NoiseOp {
+  static constexpr const char* name = "noise";
+  using Sig = DropGradOp::Sig;
+};
+struct UpdateOp {
+  static constexpr const char* name = "dropgrad_update";
+  using Sig = Tensor(const Tensor&, const Tensor&, const OptTensor&, double, double, int64_t, int64_t, int64_t,
+                     const OptTensor&);
+};
+struct StepOp {
+  static constexpr const char* name = "dropgrad_step";
+  using Sig = std::vector<Tensor>(at::TensorList, at::TensorList, at::TensorList, double, double, int64_t, int64_t,
+                                  int64_t, const OptTensor&);
+};
+struct StepInPlaceOp {
+  static constexpr const char* name = "dropgrad_step_";
+  using Sig = void(at::TensorList, at::TensorList, at::TensorList, double, double, double, int64_t, int64_t, int64_t,
+                   const OptTensor&);
+};
+struct MetaDropoutOp {
+  static constexpr const char* name = "meta_dropout";
+  using Sig = Tensor(const Tensor&, const Tensor&, bool, int64_t, int64_t, const OptTensor&);
+};
+struct MetaDropoutBackwardOp {
+  static constexpr const char* name = "meta_dropout_backward";
+  using Sig = std::tuple<Tensor, Tensor>(const Tensor&, const Tensor&, const Tensor&, bool, int64_t, int64_t,
+                                         const OptTensor&);
+};
+struct MetaDropoutDoubleBackwardOp {
+  static constexpr const char* name = "meta_dropout_double_backward";
+  using Sig = std::tuple<Tensor, Tensor, Tensor>(const Tensor&, const Tensor&, const Tensor&, const Tensor&,
+                                                 const Tensor&, bool, int64_t, int64_t, const OptTensor&);
+};
+
+template <Namespace N, class Op>
+const c10::TypedOperatorHandle<typename Op::Sig>& op() {
+  static const auto handle = c10::Dispatcher::singleton()
+                                 .findSchemaOrThrow((std::string(kNamespaces[N]) + "::" + Op::name).c_str(), "")
+                                 .template typed<typename Op::Sig>();
+  return handle;
+}
+
+// ---- vmap: a backward regenerates its forward's noise. At a vmap level its forward did not run
+// under (jacrev's vmap over cotangents, a user's vmap of a vjp), every batch element gets that
+// one noise; the batching rules (dropgrad_cuda/_batching.py) ask regenerating_outside(level).
+thread_local const std::vector<int64_t>* regenerating_levels = nullptr;
+
+std::vector<int64_t> vmap_levels() {
+  std::vector<int64_t> out;
+  for (const auto& layer : at::functorch::getDynamicLayerStack()) {
+    if (layer.key() == at::functorch::TransformType::Vmap) out.push_back(layer.layerId());
+  }
+  return out;
+}
+
+struct Regenerating {
+  const std::vector<int64_t>* before;
+  explicit Regenerating(const std::vector<int64_t>& levels) : before(regenerating_levels) {
+    regenerating_levels = &levels;
+  }
+  ~Regenerating() { regenerating_levels = before; }
+};
+
+// What every node keeps: the stream, the vmap levels of its forward, and saved tensors.
+struct StreamNode : torch::autograd::Node {
+  int64_t seed = 0, offset = 0;
+  SavedVariable rng_state;
+  std::vector<int64_t> levels = vmap_levels();
+
+  OptTensor rng() { return rng_state.unpack(); }  // undefined when the forward had none
+  void release_variables() override { rng_state.reset_data(); }
+};
+
+SavedVariable save(const OptTensor& t) { return SavedVariable(t.has_value() ? *t : Tensor(), false); }
+
+// The gradient of a 0-d or full-shape lr from the full-shape product g.
+Tensor reduce_like(const Tensor& g, const Tensor& like) {
+  return g.sizes() != like.sizes() ? g.sum().reshape(like.sizes()).to(like.scalar_type()) : g.to(like.scalar_type());
+}
+
+template <class NodeT>
+c10::intrusive_ptr<NodeT> make_node(torch::autograd::edge_list&& edges) {
+  auto node = c10::make_intrusive<NodeT>();
+  node->set_next_edges(std::move(edges));
+  return node;
+}
+
+// ---------------------------------------------------------------- drop_grad: linear in grad
+template <Namespace N>
+struct DropGradBackward : StreamNode {
+  double p = 0;
+  int64_t mode = 0;
+  variable_list apply(variable_list&& g) override {
+    const Regenerating r(levels);
+    variable_list out(1);
+    if (g[0].defined() && should_compute_output(0)) out[0] = op<N, DropGradOp>().call(g[0], p, mode, seed, offset, rng());
+    return out;
+  }
+  std::string name() const override { return "DropGradBackward"; }
+};
+
+template <Namespace N>
+Tensor drop_grad(c10::DispatchKeySet ks, const Tensor& grad, double p, int64_t mode, int64_t seed, int64_t offset,
+                 const OptTensor& rng_state) {
+  Tensor out;
+  {
+    const at::AutoDispatchBelowADInplaceOrView guard;
+    out = op<N, DropGradOp>().redispatch(ks & c10::after_autograd_keyset, grad, p, mode, seed, offset, rng_state);
+  }
+  if (torch::autograd::compute_requires_grad(grad)) {
+    auto node = make_node<DropGradBackward<N>>(torch::autograd::collect_next_edges(grad));
+    node->p = p, node->mode = mode, node->seed = seed, node->offset = offset, node->rng_state = save(rng_state);
+    torch::autograd::set_history(out, node);
+  }
+  return out;
+}
+
+// ---------------------------------------------------------------- dropgrad_update and dropgrad_step
+// d/dparam = 1, d/dgrad = -lr * n, d/dlr = -(grad * n): each tensor on its slice of the stream.
+struct UpdateGrads {
+  Tensor param, grad, lr;
+};
+
+template <Namespace N>
+UpdateGrads update_grads(const Tensor& gout, const Tensor& grad, const Tensor& lr_tensor, double lr, double p,
+                         int64_t mode, int64_t seed, int64_t offset, const OptTensor& rng, bool need_param,
+                         bool need_grad, bool need_lr) {
+  UpdateGrads d;
+  if (need_param) d.param = gout;
+  if (need_grad) {
+    const Tensor n_gout = op<N, DropGradOp>().call(gout, p, mode, seed, offset, rng);
+    d.grad = lr_tensor.defined() ? n_gout * lr_tensor.neg() : n_gout * -lr;
+  }
+  if (need_lr && lr_tensor.defined()) {
+    d.lr = reduce_like((op<N, DropGradOp>().call(grad, p, mode, seed, offset, rng) * gout).neg(), lr_tensor);
+  }
+  return d;
+}
+
+template <Namespace N>
+struct UpdateBackward : StreamNode {
+  double lr = 0, p = 0;
+  int64_t mode = 0;
+  SavedVariable grad, lr_tensor;  // grad only when the lr gradient needs it
+  variable_list apply(variable_list&& g) override {
+    const Regenerating r(levels);
+    variable_list out(3);
+    if (!g[0].defined()) return out;
+    const auto d = update_grads<N>(g[0], grad.unpack(), lr_tensor.unpack(), lr, p, mode, seed, offset, rng(),
+                                   should_compute_output(0), should_compute_output(1), should_compute_output(2));
+    out[0] = d.param, out[1] = d.grad, out[2] = d.lr;
+    return out;
+  }
+  void release_variables() override {
+    StreamNode::release_variables();
+    grad.reset_data();
+    lr_tensor.reset_data();
+  }
+  std::string name() const override { return "DropgradUpdateBackward"; }
+};
+
+template <Namespace N>
+Tensor dropgrad_update(c10::DispatchKeySet ks, const Tensor& param, const Tensor& grad, const OptTensor& lr_tensor,
+                       double lr, double p, int64_t mode, int64_t seed, int64_t offset, const OptTensor& rng_state) {
+  Tensor out;
+  {
+    const at::AutoDispatchBelowADInplaceOrView guard;
+    out = op<N, UpdateOp>().redispatch(ks & c10::after_autograd_keyset, param, grad, lr_tensor, lr, p, mode, seed,
+                                       offset, rng_state);
+  }
+  const Tensor lr_t = lr_tensor.has_value() ? *lr_tensor : Tensor();
+  if (torch::autograd::compute_requires_grad(param, grad, lr_t)) {
+    auto node = make_node<UpdateBackward<N>>(torch::autograd::collect_next_edges(param, grad, lr_t));
+    node->lr = lr, node->p = p, node->mode = mode, node->seed = seed, node->offset = offset;
+    node->rng_state = save(rng_state);
+    node->lr_tensor = SavedVariable(lr_t, false);
+    if (lr_t.defined() && lr_t.requires_grad()) node->grad = SavedVariable(grad, false);
+    torch::autograd::set_history(out, node);
+  }
+  return out;
+}
+
+template <Namespace N>
+struct StepBackward : StreamNode {
+  double lr = 0, p = 0;
+  int64_t mode = 0;
+  std::vector<c10::SymInt> numels;  // symbolic under torch.compile's dynamic shapes
+  std::vector<SavedVariable> grads, lrs;  // grads only when an lr gradient needs them; lrs when given
+  variable_list apply(variable_list&& g) override {
+    const Regenerating r(levels);
+    const size_t n = numels.size(), m = lrs.size();
+    variable_list out(2 * n + m);
+    const OptTensor state = rng();
+    c10::SymInt o = offset;
+    for (size_t k = 0; k < n; o += span(numels[k]), ++k) {
+      if (!g[k].defined()) continue;  // this output took no part in the loss
+      const Tensor grad = grads.empty() ? Tensor() : grads[k].unpack();
+      const Tensor lr_t = m ? lrs[k].unpack() : Tensor();
+      const auto d = update_grads<N>(g[k], grad, lr_t, lr, p, mode, seed, o.guard_int(__FILE__, __LINE__), state,
+                                     should_compute_output(k),
+                                     should_compute_output(n + k), m && should_compute_output(2 * n + k));
+      out[k] = d.param, out[n + k] = d.grad;
+      if (m) out[2 * n + k] = d.lr;
+    }
+    return out;
+  }
+  void release_variables() override {
+    StreamNode::release_variables();
+    for (auto& v : grads) v.reset_data();
+    for (auto& v : lrs) v.reset_data();
+  }
+  std::string name() const override { return "DropgradStepBackward"; }
+};
+
+template <Namespace N>
+std::vector<Tensor> dropgrad_step(c10::DispatchKeySet ks, at::TensorList params, at::TensorList grads,
+                                  at::TensorList lrs, double lr, double p, int64_t mode, int64_t seed, int64_t offset,
+                                  const OptTensor& rng_state) {
+  std::vector<Tensor> outs;
+  {
+    const at::AutoDispatchBelowADInplaceOrView guard;
+    outs = op<N, StepOp>().redispatch(ks & c10::after_autograd_keyset, params, grads, lrs, lr, p, mode, seed, offset,
+                                      rng_state);
+  }
+  if (torch::autograd::compute_requires_grad(params, grads, lrs)) {
+    auto node = make_node<StepBackward<N>>(torch::autograd::collect_next_edges(params, grads, lrs));
+    node->lr = lr, node->p = p, node->mode = mode, node->seed = seed, node->offset = offset;
+    node->rng_state = save(rng_state);
+    const bool lr_needs = std::any_of(lrs.begin(), lrs.end(), [](const Tensor& l) { return l.requires_grad(); });
+    for (size_t k = 0; k < params.size(); ++k) {
+      node->numels.push_back(params[k].sym_numel());
+      if (lr_needs) node->grads.emplace_back(grads[k], false);
+    }
+    for (const Tensor& l : lrs) node->lrs.emplace_back(l, false);
+    torch::autograd::set_history(outs, node);
+  }
+  return outs;
+}
+
+// ---------------------------------------------------------------- dropgrad_step_: in place, not
+// differentiable. Refused where autograd would need its derivative; the version counters of the
+// params are bumped (a saved param goes stale), which the dispatcher does not do for a custom op.
+template <Namespace N>
+void dropgrad_step_(c10::DispatchKeySet ks, at::TensorList params, at::TensorList grads, at::TensorList lrs,
+                    double lr, double weight_decay, double p, int64_t mode, int64_t seed, int64_t offset,
+                    const OptTensor& rng_state) {
+  TORCH_CHECK(!torch::autograd::compute_requires_grad(params),
+              "dropgrad_step_ updates params in place and is not differentiable: call it under torch.no_grad() (as "
+              "an optimizer step does), or use dropgrad_step for new tensors");
+  const at::AutoDispatchBelowAutograd guard;
+  op<N, StepInPlaceOp>().redispatch(ks & c10::after_autograd_keyset, params, grads, lrs, lr, weight_decay, p, mode,
+                                    seed, offset, rng_state);
+}
+
+template <Namespace N>
+void dropgrad_step_version(c10::DispatchKeySet ks, at::TensorList params, at::TensorList grads, at::TensorList lrs,
+                           double lr, double weight_decay, double p, int64_t mode, int64_t seed, int64_t offset,
+                           const OptTensor& rng_state) {
+  {
+    const at::AutoDispatchBelowADInplaceOrView guard;
+    op<N, StepInPlaceOp>().redispatch(ks & c10::after_ADInplaceOrView_keyset, params, grads, lrs, lr, weight_decay,
+                                      p, mode, seed, offset, rng_state);
+  }
+  for (const Tensor& w : params) torch::autograd::impl::bump_version(w);
+}
+
+// ---------------------------------------------------------------- meta_dropout: its backward and
+// that backward's derivative are fused ops that regenerate eps; the third order is composite.
+template <Namespace N>
+struct MetaDropoutBackward : StreamNode {
+  bool deterministic = false;
+  SavedVariable f, a;
+  variable_list apply(variable_list&& g) override {
+    const Regenerating r(levels);
+    if (!g[0].defined()) return variable_list(2);
+    auto [gf, ga] = op<N, MetaDropoutBackwardOp>().call(g[0], f.unpack(), a.unpack(), deterministic, seed, offset,
+                                                        rng());
+    return {gf, ga};
+  }
+  void release_variables() override {
+    StreamNode::release_variables();
+    f.reset_data();
+    a.reset_data();
+  }
+  std::string name() const override { return "MetaDropoutBackward"; }
+};
+
+template <Namespace N>
+Tensor meta_dropout(c10::DispatchKeySet ks, const Tensor& f, const Tensor& a, bool deterministic, int64_t seed,
+                    int64_t offset, const OptTensor& rng_state) {
+  Tensor out;
+  {
+    const at::AutoDispatchBelowADInplaceOrView guard;
+    out = op<N, MetaDropoutOp>().redispatch(ks & c10::after_autograd_keyset, f, a, deterministic, seed, offset,
+                                            rng_state);
+  }
+  if (torch::autograd::compute_requires_grad(f, a)) {
+    auto node = make_node<MetaDropoutBackward<N>>(torch::autograd::collect_next_edges(f, a));
+    node->deterministic = deterministic, node->seed = seed, node->offset = offset, node->rng_state = save(rng_state);
+    node->f = SavedVariable(f, false), node->a = SavedVariable(a, false);
+    torch::autograd::set_history(out, node);
+  }
+  return out;
+}
+
+template <Namespace N>
+struct MetaDropoutBackwardBackward : StreamNode {
+  bool deterministic = false;
+  SavedVariable gout, f, a;
+  variable_list apply(variable_list&& g) override {
+    const Regenerating r(levels);
+    const Tensor fv = f.unpack();
+    auto zero_if_undefined = [&](const Tensor& t) { return t.defined() ? t : at::zeros_like(fv); };  // not in the loss
+    auto [d_gout, d_f, d_a] = op<N, MetaDropoutDoubleBackwardOp>().call(
+        zero_if_undefined(g[0]), zero_if_undefined(g[1]), gout.unpack(), fv, a.unpack(), deterministic, seed, offset,
+        rng());
+    return {d_gout, d_f, d_a};
+  }
+  void release_variables() override {
+    StreamNode::release_variables();
+    gout.reset_data();
+    f.reset_data();
+    a.reset_data();
+  }
+  std::string name() const override { return "MetaDropoutBackwardBackward"; }
+};
+
+template <Namespace N>
+std::tuple<Tensor, Tensor> meta_dropout_backward(c10::DispatchKeySet ks, const Tensor& gout, const Tensor& f,
+                                                 const Tensor& a, bool deterministic, int64_t seed, int64_t offset,
+                                                 const OptTensor& rng_state) {
+  std::tuple<Tensor, Tensor> out;
+  {
+    const at::AutoDispatchBelowADInplaceOrView guard;
+    out = op<N, MetaDropoutBackwardOp>().redispatch(ks & c10::after_autograd_keyset, gout, f, a, deterministic, seed,
+                                                    offset, rng_state);
+  }
+  if (torch::autograd::compute_requires_grad(gout, f, a)) {
+    auto node = make_node<MetaDropoutBackwardBackward<N>>(torch::autograd::collect_next_edges(gout, f, a));
+    node->deterministic = deterministic, node->seed = seed, node->offset = offset, node->rng_state = save(rng_state);
+    node->gout = SavedVariable(gout, false), node->f = SavedVariable(f, false), node->a = SavedVariable(a, false);
+    torch::autograd::set_history(std::vector<Tensor>{std::get<0>(out), std::get<1>(out)}, node);
+  }
+  return out;
+}
+
+// The third order, rarely needed: composite ops on z = a + eps (eps regenerated, materialized only
+// here), so every further order is PyTorch's own autograd. With s = softplus'(z) and its
+// derivatives ds, dds, the double backward is D_gout = ggf sp + gga f s, D_f = gga gout s,
+// D_a = ggf gout s + gga gout f ds; (u, v, w) are the cotangents of (D_gout, D_f, D_a).
+template <Namespace N>
+struct MetaDropoutDoubleBackwardBackward : StreamNode {
+  bool deterministic = false;
+  SavedVariable ggf, gga, gout, f, a;
+  variable_list apply(variable_list&& g) override {
+    const Regenerating r(levels);
+    const Tensor ggf_ = ggf.unpack(), gga_ = gga.unpack(), gout_ = gout.unpack(), f_ = f.unpack(), a_ = a.unpack();
+    const Tensor z =
+        deterministic ? a_
+                      : a_ + op<N, NoiseOp>().call(a_.detach(), 0.0, kNormal, seed, offset, rng()).to(a_.scalar_type());
+    // softplus' as PyTorch's (threshold 20); its derivatives ds = e / (1 + e)^2, e = exp(-|z|), and
+    // dds = ds (1 - 2 s) = -ds tanh(z / 2): forms that do not cancel where s rounds to 1 (as
+    // dropgrad_math.h and reference.py write them).
+    const Tensor above = z > 20;
+    const Tensor e = at::exp(z.abs().neg());
+    const Tensor s = at::where(above, at::ones_like(z), at::sigmoid(z));
+    const Tensor ds = at::where(above, at::zeros_like(z), e / ((e + 1) * (e + 1)));
+    const Tensor dds = at::where(above, at::zeros_like(z), ds.neg() * at::tanh(z / 2));
+    auto zero_if_undefined = [&](const Tensor& t) { return t.defined() ? t : at::zeros_like(f_); };
+    const Tensor u = zero_if_undefined(g[0]), v = zero_if_undefined(g[1]), w = zero_if_undefined(g[2]);
+    return {u * at::softplus(z, 1, 20) + w * gout_ * s,
+            u * f_ * s + v * gout_ * s + w * gout_ * f_ * ds,
+            v * gga_ * s + w * (ggf_ * s + gga_ * f_ * ds),
+            u * gga_ * s + w * gga_ * gout_ * ds,
+            u * (ggf_ * s + gga_ * f_ * ds) + v * gga_ * gout_ * ds +
+                w * (ggf_ * gout_ * ds + gga_ * gout_ * f_ * dds)};
+  }
+  void release_variables() override {
+    StreamNode::release_variables();
+    for (auto* v : {&ggf, &gga, &gout, &f, &a}) v->reset_data();
+  }
+  std::string name() const override { return "MetaDropoutDoubleBackwardBackward"; }
+};
+
+template <Namespace N>
+std::tuple<Tensor, Tensor, Tensor> meta_dropout_double_backward(c10::DispatchKeySet ks, const Tensor& ggf,
+                                                                const Tensor& gga, const Tensor& gout, const Tensor& f,
+                                                                const Tensor& a, bool deterministic, int64_t seed,
+                                                                int64_t offset, const OptTensor& rng_state) {
+  std::tuple<Tensor, Tensor, Tensor> out;
+  {
+    const at::AutoDispatchBelowADInplaceOrView guard;
+    out = op<N, MetaDropoutDoubleBackwardOp>().redispatch(ks & c10::after_autograd_keyset, ggf, gga, gout, f, a,
+                                                          deterministic, seed, offset, rng_state);
+  }
+  if (torch::autograd::compute_requires_grad(ggf, gga, gout, f, a)) {
+    auto node =
+        make_node<MetaDropoutDoubleBackwardBackward<N>>(torch::autograd::collect_next_edges(ggf, gga, gout, f, a));
+    node->deterministic = deterministic, node->seed = seed, node->offset = offset, node->rng_state = save(rng_state);
+    node->ggf = SavedVariable(ggf, false), node->gga = SavedVariable(gga, false);
+    node->gout = SavedVariable(gout, false), node->f = SavedVariable(f, false), node->a = SavedVariable(a, false);
+    torch::autograd::set_history(std::vector<Tensor>{std::get<0>(out), std::get<1>(out), std::get<2>(out)}, node);
+  }
+  return out;
+}
+
+template <Namespace N>
+void autograd_kernels(torch::Library& m) {
+  m.impl("drop_grad", TORCH_FN(drop_grad<N>));
+  m.impl("dropgrad_update", TORCH_FN(dropgrad_update<N>));
+  m.impl("dropgrad_step", TORCH_FN(dropgrad_step<N>));
+  m.impl("dropgrad_step_", TORCH_FN(dropgrad_step_<N>));
+  m.impl("meta_dropout", TORCH_FN(meta_dropout<N>));
+  m.impl("meta_dropout_backward", TORCH_FN(meta_dropout_backward<N>));
+  m.impl("meta_dropout_double_backward", TORCH_FN(meta_dropout_double_backward<N>));
+}
+
+}  // namespace
+
+void register_autograd(torch::Library& m, Namespace ns) {
+  switch (ns) {
+    case kDropgrad: return autograd_kernels<kDropgrad>(m);
+    case kEmulated: return autograd_kernels<kEmulated>(m);
+    case kTriton: return autograd_kernels<kTriton>(m);
+  }
+}
+
+void register_inplace_or_view(torch::Library& m, Namespace ns) {
+  switch (ns) {
+    case kDropgrad: return m.impl("dropgrad_step_", TORCH_FN(dropgrad_step_version<kDropgrad>)), void();
+    case kEmulated: return m.impl("dropgrad_step_", TORCH_FN(dropgrad_step_version<kEmulated>)), void();
+    case kTriton: return m.impl("dropgrad_step_", TORCH_FN(dropgrad_step_version<kTriton>)), void();
+  }
+}
+
+bool regenerating_outside(int64_t level) {
+  const auto* levels = regenerating_levels;
+  return levels != nullptr && std::find(levels->begin(), levels->end(), level) == levels->end();
+}
+
+}  // namespace dg
+
+// The C++ kernels' namespace and the Triton backend's (its schemas are csrc/ops.cpp's, its
+// kernels Python); the emulated CUDA kernels register theirs in csrc/emulated.
+TORCH_LIBRARY_IMPL(dropgrad, Autograd, m) { dg::register_autograd(m, dg::kDropgrad); }
+TORCH_LIBRARY_IMPL(dropgrad, ADInplaceOrView, m) { dg::register_inplace_or_view(m, dg::kDropgrad); }
+TORCH_LIBRARY_IMPL(dropgrad_triton, Autograd, m) { dg::register_autograd(m, dg::kTriton); }
+TORCH_LIBRARY_IMPL(dropgrad_triton, ADInplaceOrView, m) { dg::register_inplace_or_view(m, dg::kTriton); }
