@@ -9,16 +9,58 @@ the unbatched call's noise; "error" (vmap's default) refuses an op that draws no
 A backward regenerates its forward's noise: at a vmap level its forward did not run under (the
 vmap over cotangents of jacrev, or a user's vmap of a vjp), every element gets that same noise.
 """
+import collections
+
 import torch
 from torch._functorch import pyfunctorch
 
 from . import _C
 from .reference import span
 
+_LIBS = {}  # the IMPL libraries holding the batching kernels, kept alive
+_F = torch._C._functorch
+_BELOW_BATCHED = torch._C.DispatchKeySet(torch._C.DispatchKey.FuncTorchBatched)
+VmapInfo = collections.namedtuple("VmapInfo", "batch_size randomness")
+
+
+def _batching_kernel(op, rule):
+    """The FuncTorchBatched kernel of op: unwraps the tensors batched at the current vmap level
+    (lists element by element), runs rule(info, in_dims, *args) below that level and wraps its
+    outputs at out_dims. This is what torch.library.register_vmap does, without its pytree passes
+    over every argument and output, which cost several times our kernels on a parameter list
+    (the private functorch calls are the same ones register_vmap makes, torch 2.11 to 2.15)."""
+    def kernel(keyset, *args):
+        interp = pyfunctorch.retrieve_current_functorch_interpreter()
+        level = interp.level()
+        plain, dims, batched = [], [], False
+        for a in args:
+            if isinstance(a, (list, tuple)):
+                pairs = [_F._unwrap_batched(t, level) for t in a]
+                plain.append([t for t, _ in pairs])
+                dims.append([d for _, d in pairs])
+                batched = batched or any(d is not None for _, d in pairs)
+            elif isinstance(a, torch.Tensor):
+                t, d = _F._unwrap_batched(a, level)
+                plain.append(t)
+                dims.append(d)
+                batched = batched or d is not None
+            else:
+                plain.append(a)
+                dims.append(None)
+        with torch._C._ExcludeDispatchKeyGuard(_BELOW_BATCHED):
+            if not batched:  # nothing batched at this level: the op itself, one level down
+                return op(*plain)
+            out, out_dims = rule(VmapInfo(interp.batch_size(), interp.randomness()), dims, *plain)
+        if isinstance(out, (list, tuple)):
+            wrapped = [o if d is None else _F._add_batch_dim(o, d, level) for o, d in zip(out, out_dims)]
+            return wrapped if isinstance(out, list) else tuple(wrapped)
+        return out if out_dims is None else _F._add_batch_dim(out, out_dims, level)
+    return kernel
+
 
 def _front(x, d, size):
     """x with its batch dimension d first, or x (unbatched, d None) expanded to the batch size."""
-    return x.movedim(d, 0) if d is not None else x.expand(size, *x.shape)
+    return x if d == 0 else x.movedim(d, 0) if d is not None else x.expand(size, *x.shape)
 
 
 def _randomness(info, name):
@@ -62,8 +104,13 @@ def register(ns, qualname_prefix):
     def q(name):
         return f"{qualname_prefix}::{name}"
 
+    lib = _LIBS.setdefault(qualname_prefix, torch.library.Library(qualname_prefix, "IMPL"))
+
     def reg(name):
-        return lambda rule: torch.library.register_vmap(q(name), rule)
+        def register_rule(rule):
+            op = getattr(ns, name).default
+            lib.impl(name, _batching_kernel(op, rule), "FuncTorchBatched", with_keyset=True)
+        return register_rule
 
     @reg("philox4x32_10")
     def _(info, in_dims, counter, key):
@@ -107,8 +154,9 @@ def register(ns, qualname_prefix):
             per = [ns.dropgrad_step(*([t[b] for t in f] for f in fronts), lr, p, mode, seed, offset, rng_state)
                    for b in range(size)]
         else:  # element b's tensors follow element b-1's in one list: its stream starts at offset + b * span
-            flat = ns.dropgrad_step(*([t[b] for b in range(size) for t in f] for f in fronts), lr, p, mode, seed, offset,
-                                    rng_state)
+            rows = [[t.unbind(0) for t in f] for f in fronts]
+            flat = ns.dropgrad_step.default(*([r[b] for b in range(size) for r in f] for f in rows), lr, p, mode, seed,
+                                            offset, rng_state)
             per = [flat[b * k:(b + 1) * k] for b in range(size)]
         return [torch.stack([per[b][j] for b in range(size)]) for j in range(k)]
 

@@ -271,6 +271,9 @@ def dropgrad_step_(params, grads, lr, p, mode="gaussian", *, weight_decay=0.0, s
         # The kernel backends' autograd refuses this too (csrc/autograd.cpp); here for every backend.
         raise RuntimeError("dropgrad_step_ updates params in place and is not differentiable: call it under "
                            "torch.no_grad() (as an optimizer step does), or use dropgrad_step for new tensors")
+    if torch._C._are_functorch_transforms_active():
+        raise RuntimeError("dropgrad_step_ updates params in place and is not supported under torch.func transforms: "
+                           "use dropgrad_step, which returns new tensors")
     _check_disjoint(params)
     _step("dropgrad_step_", params, grads, lr, p, mode, seed, offset, backend, float(weight_decay))
 

@@ -125,3 +125,12 @@ def test_raw_kernel_ops_refuse_bad_input(ns, call, match):
     what the Python layer does not reach."""
     with pytest.raises(RuntimeError, match=match):
         call(getattr(torch.ops, ns))
+
+
+def test_in_place_step_under_a_transform_says_to_use_dropgrad_step():
+    from torch.func import grad, vmap
+    w = torch.randn(3, 4)
+    with pytest.raises(RuntimeError, match="not supported under torch.func transforms: use dropgrad_step"):
+        vmap(lambda w: dg.dropgrad_step_([w], [w], 0.1, 0.0))(w)
+    with pytest.raises(RuntimeError, match="not supported under torch.func transforms"):
+        grad(lambda w: (dg.dropgrad_step_([w.detach()], [w.detach()], 0.1, 0.0), w.sum())[1])(w)

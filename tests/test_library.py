@@ -50,6 +50,36 @@ def namespaces():
     yield pytest.param("dropgrad_emulated", id="cuda-emulated", marks=needs_emulator)
 
 
+# Ops the bytes-moved model (and so the SASS predictions and the benchmarks' bandwidth) leaves out.
+NO_BYTES_MODEL = {"philox4x32_10": "integer words, not a float op", "dropgrad_step_": "dropgrad_step's in-place form"}
+NOT_DIFFERENTIABLE = {"philox4x32_10", "noise"}
+NO_BATCHING = {"dropgrad_step_"}  # the optimizer's in-place step: refused under torch.func (tests/test_bad_input.py)
+
+
+@pytest.mark.parametrize("namespace", list(namespaces()))
+def test_every_op_is_in_every_list(namespace):
+    """The schemas of csrc/ops.cpp are the one table of ops; everything else is derived from it or
+    checked against it here: the Python list, each namespace's kernels, autograd, fakes and batching
+    rules, the bytes-moved table, the Triton SASS list and the opcheck samples. A new op missing
+    from any of them fails this test (docs/architecture.md lists where each lives)."""
+    from dropgrad_cuda.cuda_build import ELEMENTS_MOVED
+    from dropgrad_cuda.sass import TRITON_OPS
+
+    if namespace == "dropgrad_triton":
+        dg.ops._triton_ops()
+    defined = {n.split("::")[1] for n in torch._C._dispatch_get_all_op_names() if n.split("::")[0] == namespace}
+    extra = {"dropgrad": {"cuda_rng_state"}, "dropgrad_emulated": {"grid_limit", "launches"}}.get(namespace, set())
+    assert defined == set(OPS) | extra
+    for op in OPS:
+        q = f"{namespace}::{op}"
+        has = lambda key: torch._C._dispatch_has_kernel_for_dispatch_key(q, key)  # noqa: E731
+        assert has("CPU") and has("FuncTorchBatched") == (op not in NO_BATCHING), q
+        assert has("Autograd") == (op not in NOT_DIFFERENTIABLE), q
+        assert torch._library.simple_registry.singleton.find(q).fake_impl.kernel is not None, q
+    assert set(ELEMENTS_MOVED) | set(NO_BYTES_MODEL) == set(OPS) and not set(ELEMENTS_MOVED) & set(NO_BYTES_MODEL)
+    assert set(TRITON_OPS) == set(ELEMENTS_MOVED)
+
+
 @pytest.mark.parametrize("namespace", list(namespaces()))
 @pytest.mark.parametrize("name,args", samples(), ids=[n for n, _ in samples()])
 def test_opcheck(namespace, name, args):
