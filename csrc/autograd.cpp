@@ -17,7 +17,9 @@
 #include <torch/library.h>
 
 #include <algorithm>
+#include <memory>
 #include <string>
+#include <type_traits>
 
 #include "dropgrad_math.h"
 
@@ -116,9 +118,19 @@ Tensor reduce_like(const Tensor& g, const Tensor& like) {
   return g.sizes() != like.sizes() ? g.sum().reshape(like.sizes()).to(like.scalar_type()) : g.to(like.scalar_type());
 }
 
+// Graph nodes are held by std::shared_ptr in torch 2.11 and by c10::intrusive_ptr in 2.14 (the
+// supported range spans the change).
+using NodePtr = decltype(torch::autograd::Edge::function);
+
 template <class NodeT>
-c10::intrusive_ptr<NodeT> make_node(torch::autograd::edge_list&& edges) {
-  auto node = c10::make_intrusive<NodeT>();
+auto make_node(torch::autograd::edge_list&& edges) {
+  auto node = [] {
+    if constexpr (std::is_same_v<NodePtr, std::shared_ptr<torch::autograd::Node>>) {
+      return std::make_shared<NodeT>();
+    } else {
+      return c10::make_intrusive<NodeT>();
+    }
+  }();
   node->set_next_edges(std::move(edges));
   return node;
 }

@@ -97,3 +97,18 @@ def test_readme_short_example_table_matches_a_fresh_run():
     marked = readme.tables(text)
     assert len(marked) == 2 and all(len(rows) == 12 for _, rows in marked)
     assert readme.mismatches(text, short_only=True) == []
+
+
+def test_readme_puts_install_and_the_three_commands_first():
+    """A newcomer's first screen: the install line and the three commands (main job, tests, GPU
+    check) within the first 60 lines, the whole README under 2,000 words, and CI's .ci/run calling
+    the README's test command."""
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    text = open(os.path.join(root, "README.md")).read()
+    first = text.splitlines()[:60]
+    for command in ("pip install --no-build-isolation .", "bash scripts/bench.sh", "bash scripts/test.sh",
+                    "bash scripts/gpu_check.sh --python"):
+        assert any(line.strip().startswith(command) for line in first), command
+    assert len(text.split()) < 2000
+    ci = open(os.path.join(root, ".ci", "run")).read()
+    assert "exec bash scripts/test.sh" in ci
