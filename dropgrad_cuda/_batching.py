@@ -85,10 +85,13 @@ def _elementwise(op, info, in_dims, tensors, rest, noisy, name):
         outs = [op(*(None if x is None else x[b] for x in xs), *rest) for b in range(size)]
         return _stack(outs)
     n = shape.numel()
-    # One call on (B, span) rows: row b's stream starts at offset + b * span, as the contract asks.
-    rows = [None if x is None else torch.nn.functional.pad(x.reshape(size, n), (0, span(n) - n)) for x in xs]
+    # One call on (B, span) rows: row b's stream starts at offset + b * span, as the contract asks
+    # (rows padded only where numel is not a multiple of 4).
+    pad = span(n) - n
+    rows = [None if x is None else torch.nn.functional.pad(x.reshape(size, n), (0, pad)) if pad else x.reshape(size, n)
+            for x in xs]
     out = op(*rows, *rest)
-    unpad = lambda y: y[:, :n].reshape(size, *shape)  # noqa: E731
+    unpad = lambda y: (y[:, :n] if pad else y).reshape(size, *shape)  # noqa: E731
     return tuple(map(unpad, out)) if isinstance(out, tuple) else unpad(out)
 
 
@@ -131,8 +134,12 @@ def register(ns, qualname_prefix):
 
     @reg("dropgrad_update")
     def _(info, in_dims, param, grad, lr_tensor, lr, p, mode, seed, offset, rng_state=None):
-        # As a list of B updates: dropgrad_step's streams are exactly the batched ones, one launch
-        # serves any numel, and a batched 0-d lr stays a per-element scalar.
+        if lr_tensor is None:  # a float lr: one call on (B, span) rows, as the elementwise ops
+            out = _elementwise(ns.dropgrad_update.default, info, in_dims[:3], [param, grad, None],
+                               (lr, p, mode, seed, offset, rng_state), _noisy(p, mode), "dropgrad_update")
+            return out, 0
+        # A tensor lr, as a list of B updates: dropgrad_step's streams are exactly the batched
+        # ones, one launch serves any numel, and a batched 0-d lr stays a per-element scalar.
         lrs, lr_dims = ([], []) if lr_tensor is None else ([lr_tensor], [in_dims[2]])
         outs = _step(info, [[in_dims[0]], [in_dims[1]], lr_dims], [[param], [grad], lrs], lr, p, mode, seed, offset,
                      rng_state, "dropgrad_update")
