@@ -424,6 +424,7 @@ def main(argv=None):
     if world > 1:  # what the two-process test checks: one model, different noise per process
         with open(os.path.join(args.out, f"rank{rank}.json"), "w") as fh:
             json.dump([{k: r[k] for k in ("task", "method", "param_checksum", "noise_seed")} for r in results], fh)
+        dist.barrier()  # rank 0 may still be in its meta-test: tear the group down together
         dist.destroy_process_group()
     if rank == 0:
         with open(os.path.join(args.out, "results.json"), "w") as fh:
