@@ -66,12 +66,13 @@ class _Report:
     """The report as far as it got: markdown and JSON rewritten after every finished row, so a
     failure or a time-out later in the run loses nothing measured before it."""
 
-    def __init__(self, out_dir, header, info):
-        self.out_dir, self.header, self.info = out_dir, header, info
+    def __init__(self, out_dir, fused, header, info):
+        self.out_dir, self.fused, self.header, self.info = out_dir, fused, header, info
         self.rows, self.sections = {}, []
         os.makedirs(out_dir, exist_ok=True)
 
-    def markdown(self, fused):
+    def markdown(self):
+        fused = self.fused
         md = list(self.header)
         if self.rows:
             copy = self.info["copy_gbs"]
@@ -94,8 +95,8 @@ class _Report:
             md += ["", *section]
         return "\n".join(md) + "\n"
 
-    def write(self, fused):
-        text = self.markdown(fused)
+    def write(self):
+        text = self.markdown()
         self.info["ops"] = [{"op": o, "size": s, "dtype": d, **{f"{k} ms": v for k, v in r.items()}}
                             for (o, s, d), r in self.rows.items()]
         with open(os.path.join(self.out_dir, "gpu_report.md"), "w") as fh:
@@ -116,17 +117,17 @@ def assemble(device, fused, plan, timer, out_dir, *, e2e=(), e2e_rounds=(4, 10),
     header = [f"# GPU report: {name}", "",
               f"Measured on {name}; driver {driver}, torch {torch.__version__}, CUDA {torch.version.cuda}. "
               f"Times: {timer.__name__} medians, ms. Device-to-device copy: {copy:.0f} GB/s.", ""]
-    report = _Report(out_dir, header, {"device": name, "driver": driver, "torch": torch.__version__,
+    report = _Report(out_dir, fused, header, {"device": name, "driver": driver, "torch": torch.__version__,
                                        "cuda": torch.version.cuda, "copy_gbs": copy})
     for kwargs in plan:
         for case in C.cases(device=device, fused=fused, **kwargs):
             t = timer(case.make())
             report.rows.setdefault((case.op, case.size, str(case.dtype).split(".")[-1]), {})[case.impl] = t
-            report.write(fused)
+            report.write()
             progress(f"gpu_report: {case.id}: {t:.4g} ms")
     sizes = {s: C.numel(s) for kw in plan for s in kw.get("sizes", {})}
     plot(report.rows, os.path.join(out_dir, "gpu_report.png"), sizes=sizes, ylabel=f"median ms ({name})")
-    text = report.write(fused)
+    text = report.write()
     for bench in e2e:
         from benchmarks import meta_iteration as mi
         from benchmarks.interleave import describe
@@ -140,7 +141,7 @@ def assemble(device, fused, plan, timer, out_dir, *, e2e=(), e2e_rounds=(4, 10),
                for k, c in res.items()],
              "", f"Fused vs eager, paired: {describe(both, digits=4)}."])
         report.info.setdefault("meta_iteration", {})[bench] = dict(vs_none=res, fused_vs_eager=both)
-        text = report.write(fused)
+        text = report.write()
         progress(f"gpu_report: {bench} meta-iteration done")
     return text
 

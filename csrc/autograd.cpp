@@ -107,7 +107,10 @@ struct StreamNode : torch::autograd::Node {
   SavedVariable rng_state;
   std::vector<int64_t> levels = vmap_levels();
 
-  OptTensor rng() { return rng_state.unpack(); }  // undefined when the forward had none
+  OptTensor rng() {  // nullopt when the forward had none
+    Tensor t = rng_state.unpack();
+    return t.defined() ? OptTensor(std::move(t)) : std::nullopt;
+  }
   void release_variables() override { rng_state.reset_data(); }
 };
 

@@ -20,7 +20,7 @@ from .reference import span
 _LIBS = {}  # the IMPL libraries holding the batching kernels, kept alive
 _F = torch._C._functorch
 _BELOW_BATCHED = torch._C.DispatchKeySet(torch._C.DispatchKey.FuncTorchBatched)
-VmapInfo = collections.namedtuple("VmapInfo", "batch_size randomness")
+VmapInfo = collections.namedtuple("VmapInfo", "batch_size randomness level")
 
 
 def _batching_kernel(op, rule):
@@ -50,7 +50,7 @@ def _batching_kernel(op, rule):
         with torch._C._ExcludeDispatchKeyGuard(_BELOW_BATCHED):
             if not batched:  # nothing batched at this level: the op itself, one level down
                 return op(*plain)
-            out, out_dims = rule(VmapInfo(interp.batch_size(), interp.randomness()), dims, *plain)
+            out, out_dims = rule(VmapInfo(interp.batch_size(), interp.randomness(), level), dims, *plain)
         if isinstance(out, (list, tuple)):
             wrapped = [o if d is None else _F._add_batch_dim(o, d, level) for o, d in zip(out, out_dims)]
             return wrapped if isinstance(out, list) else tuple(wrapped)
@@ -65,7 +65,7 @@ def _front(x, d, size):
 
 def _randomness(info, name):
     """The randomness a noisy op follows at this level."""
-    if _C.regenerating_outside(pyfunctorch.retrieve_current_functorch_interpreter().level()):
+    if _C.regenerating_outside(info.level):
         return "same"  # a backward at a vmap level its forward did not run under (csrc/autograd.cpp)
     if info.randomness == "error":
         raise RuntimeError(
@@ -104,9 +104,6 @@ def _noisy(p, mode):
 
 
 def register(ns, qualname_prefix):
-    def q(name):
-        return f"{qualname_prefix}::{name}"
-
     lib = _LIBS.setdefault(qualname_prefix, torch.library.Library(qualname_prefix, "IMPL"))
 
     def reg(name):
@@ -140,9 +137,8 @@ def register(ns, qualname_prefix):
             return out, 0
         # A tensor lr, as a list of B updates: dropgrad_step's streams are exactly the batched
         # ones, one launch serves any numel, and a batched 0-d lr stays a per-element scalar.
-        lrs, lr_dims = ([], []) if lr_tensor is None else ([lr_tensor], [in_dims[2]])
-        outs = _step(info, [[in_dims[0]], [in_dims[1]], lr_dims], [[param], [grad], lrs], lr, p, mode, seed, offset,
-                     rng_state, "dropgrad_update")
+        outs = _step(info, [[in_dims[0]], [in_dims[1]], [in_dims[2]]], [[param], [grad], [lr_tensor]], lr, p, mode, seed,
+                     offset, rng_state, "dropgrad_update")
         return outs[0], 0
 
     @reg("dropgrad_step")
