@@ -50,7 +50,7 @@ def cuda_headers():
 
 
 def extension():
-    sources = ["csrc/ops.cpp", "csrc/autograd.cpp"] + sorted(glob.glob("csrc/cpu/*.cpp"))
+    sources = ["csrc/ops.cpp", "csrc/autograd.cpp", "csrc/batching.cpp"] + sorted(glob.glob("csrc/cpu/*.cpp"))
     include = cuda_headers()
     if include:
         sources += sorted(glob.glob("csrc/emulated/*.cpp"))

@@ -22,63 +22,13 @@
 #include <type_traits>
 
 #include "dropgrad_math.h"
+#include "op_handles.h"
 
 namespace dg {
 namespace {
 
-using at::Tensor;
-using OptTensor = std::optional<Tensor>;
 using torch::autograd::SavedVariable;
 using torch::autograd::variable_list;
-
-constexpr const char* kNamespaces[] = {"dropgrad", "dropgrad_emulated", "dropgrad_triton"};
-
-// The ops a backward calls, by name and signature (csrc/ops.cpp's schemas).
-struct DropGradOp {
-  static constexpr const char* name = "drop_grad";
-  using Sig = Tensor(const Tensor&, double, int64_t, int64_t, int64_t, const OptTensor&);
-};
-struct NoiseOp {
-  static constexpr const char* name = "noise";
-  using Sig = DropGradOp::Sig;
-};
-struct UpdateOp {
-  static constexpr const char* name = "dropgrad_update";
-  using Sig = Tensor(const Tensor&, const Tensor&, const OptTensor&, double, double, int64_t, int64_t, int64_t,
-                     const OptTensor&);
-};
-struct StepOp {
-  static constexpr const char* name = "dropgrad_step";
-  using Sig = std::vector<Tensor>(at::TensorList, at::TensorList, at::TensorList, double, double, int64_t, int64_t,
-                                  int64_t, const OptTensor&);
-};
-struct StepInPlaceOp {
-  static constexpr const char* name = "dropgrad_step_";
-  using Sig = void(at::TensorList, at::TensorList, at::TensorList, double, double, double, int64_t, int64_t, int64_t,
-                   const OptTensor&);
-};
-struct MetaDropoutOp {
-  static constexpr const char* name = "meta_dropout";
-  using Sig = Tensor(const Tensor&, const Tensor&, bool, int64_t, int64_t, const OptTensor&);
-};
-struct MetaDropoutBackwardOp {
-  static constexpr const char* name = "meta_dropout_backward";
-  using Sig = std::tuple<Tensor, Tensor>(const Tensor&, const Tensor&, const Tensor&, bool, int64_t, int64_t,
-                                         const OptTensor&);
-};
-struct MetaDropoutDoubleBackwardOp {
-  static constexpr const char* name = "meta_dropout_double_backward";
-  using Sig = std::tuple<Tensor, Tensor, Tensor>(const Tensor&, const Tensor&, const Tensor&, const Tensor&,
-                                                 const Tensor&, bool, int64_t, int64_t, const OptTensor&);
-};
-
-template <Namespace N, class Op>
-const c10::TypedOperatorHandle<typename Op::Sig>& op() {
-  static const auto handle = c10::Dispatcher::singleton()
-                                 .findSchemaOrThrow((std::string(kNamespaces[N]) + "::" + Op::name).c_str(), "")
-                                 .template typed<typename Op::Sig>();
-  return handle;
-}
 
 // ---- vmap: a backward regenerates its forward's noise. At a vmap level its forward did not run
 // under (jacrev's vmap over cotangents, a user's vmap of a vjp), every batch element gets that
@@ -116,9 +66,12 @@ struct StreamNode : torch::autograd::Node {
 
 SavedVariable save(const OptTensor& t) { return SavedVariable(t.has_value() ? *t : Tensor(), false); }
 
-// The gradient of a 0-d or full-shape lr from the full-shape product g.
+// The gradient of an lr from the full-shape product g: a 0-d lr's is the sum, a full-shape lr's g
+// itself, and one list's lr shared by a batch of lists (dropgrad_step's batch) the sum over lists.
 Tensor reduce_like(const Tensor& g, const Tensor& like) {
-  return g.sizes() != like.sizes() ? g.sum().reshape(like.sizes()).to(like.scalar_type()) : g.to(like.scalar_type());
+  if (g.sizes() == like.sizes()) return g.to(like.scalar_type());
+  if (like.numel() == 1) return g.sum().reshape(like.sizes()).to(like.scalar_type());
+  return g.sum(0).to(like.scalar_type());
 }
 
 // Graph nodes are held by std::shared_ptr in torch 2.11 and by c10::intrusive_ptr in 2.14 (the
@@ -233,27 +186,52 @@ Tensor dropgrad_update(c10::DispatchKeySet ks, const Tensor& param, const Tensor
   return out;
 }
 
+// The list's backward in two list calls, so that its noise is the forward's wherever a tensor's
+// stream starts (a batch of lists, or the rows a vmap over this backward adds): n * v for every
+// tensor v of a list is dropgrad_step of zeros with lr = -1 (0 - (-1) * (v * n), the same
+// rounding as drop_grad's v * n), as logit_noise adds its noise.
 template <Namespace N>
 struct StepBackward : StreamNode {
   double lr = 0, p = 0;
-  int64_t mode = 0;
-  std::vector<c10::SymInt> numels;  // symbolic under torch.compile's dynamic shapes
+  int64_t mode = 0, batch = 0;
+  std::vector<std::vector<c10::SymInt>> sizes;  // symbolic under torch.compile's dynamic shapes
+  std::vector<at::TensorOptions> options;
   std::vector<SavedVariable> grads, lrs;  // grads only when an lr gradient needs them; lrs when given
+
+  std::vector<Tensor> noisy(const std::vector<Tensor>& vs, const OptTensor& state) {
+    std::vector<Tensor> zeros;
+    for (const Tensor& v : vs) zeros.push_back(at::zeros_like(v));
+    return op<N, StepOp>().call(zeros, vs, {}, -1.0, p, mode, seed, offset, state, batch);
+  }
   variable_list apply(variable_list&& g) override {
     const Regenerating r(levels);
-    const size_t n = numels.size(), m = lrs.size();
+    const size_t n = sizes.size(), m = lrs.size();
     variable_list out(2 * n + m);
-    const OptTensor state = rng();
-    c10::SymInt o = offset;
-    for (size_t k = 0; k < n; o += span(numels[k]), ++k) {
+    bool need_grad = false, need_lr = false;
+    for (size_t k = 0; k < n; ++k) {
       if (!g[k].defined()) continue;  // this output took no part in the loss
-      const Tensor grad = grads.empty() ? Tensor() : grads[k].unpack();
-      const Tensor lr_t = m ? lrs[k].unpack() : Tensor();
-      const auto d = update_grads<N>(g[k], grad, lr_t, lr, p, mode, seed, o.guard_int(__FILE__, __LINE__), state,
-                                     should_compute_output(k),
-                                     should_compute_output(n + k), m && should_compute_output(2 * n + k));
-      out[k] = d.param, out[n + k] = d.grad;
-      if (m) out[2 * n + k] = d.lr;
+      if (should_compute_output(k)) out[k] = g[k];
+      need_grad = need_grad || should_compute_output(n + k);
+      need_lr = need_lr || (m && should_compute_output(2 * n + k));
+    }
+    const OptTensor state = rng();
+    if (need_grad) {
+      std::vector<Tensor> gouts(n);
+      for (size_t k = 0; k < n; ++k) gouts[k] = g[k].defined() ? g[k] : at::zeros_symint(sizes[k], options[k]);
+      const std::vector<Tensor> ng = noisy(gouts, state);
+      for (size_t k = 0; k < n; ++k) {
+        if (g[k].defined() && should_compute_output(n + k)) out[n + k] = m ? ng[k] * lrs[k].unpack().neg() : ng[k] * -lr;
+      }
+    }
+    if (need_lr) {
+      std::vector<Tensor> saved(n);
+      for (size_t k = 0; k < n; ++k) saved[k] = grads[k].unpack();
+      const std::vector<Tensor> ng = noisy(saved, state);
+      for (size_t k = 0; k < n; ++k) {
+        if (g[k].defined() && should_compute_output(2 * n + k)) {
+          out[2 * n + k] = reduce_like((ng[k] * g[k]).neg(), lrs[k].unpack());
+        }
+      }
     }
     return out;
   }
@@ -268,20 +246,21 @@ struct StepBackward : StreamNode {
 template <Namespace N>
 std::vector<Tensor> dropgrad_step(c10::DispatchKeySet ks, at::TensorList params, at::TensorList grads,
                                   at::TensorList lrs, double lr, double p, int64_t mode, int64_t seed, int64_t offset,
-                                  const OptTensor& rng_state) {
+                                  const OptTensor& rng_state, int64_t batch) {
   std::vector<Tensor> outs;
   {
     const at::AutoDispatchBelowADInplaceOrView guard;
     outs = op<N, StepOp>().redispatch(ks & c10::after_autograd_keyset, params, grads, lrs, lr, p, mode, seed, offset,
-                                      rng_state);
+                                      rng_state, batch);
   }
   if (torch::autograd::compute_requires_grad(params, grads, lrs)) {
     auto node = make_node<StepBackward<N>>(torch::autograd::collect_next_edges(params, grads, lrs));
-    node->lr = lr, node->p = p, node->mode = mode, node->seed = seed, node->offset = offset;
+    node->lr = lr, node->p = p, node->mode = mode, node->seed = seed, node->offset = offset, node->batch = batch;
     node->rng_state = save(rng_state);
     const bool lr_needs = std::any_of(lrs.begin(), lrs.end(), [](const Tensor& l) { return l.requires_grad(); });
     for (size_t k = 0; k < params.size(); ++k) {
-      node->numels.push_back(params[k].sym_numel());
+      node->sizes.push_back(params[k].sym_sizes().vec());
+      node->options.push_back(params[k].options());
       if (lr_needs) node->grads.emplace_back(grads[k], false);
     }
     for (const Tensor& l : lrs) node->lrs.emplace_back(l, false);

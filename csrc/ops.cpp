@@ -30,17 +30,25 @@ PyObject* draw_seed(PyObject*, PyObject*) {
   return PyLong_FromUnsignedLongLong(r % ((uint64_t(1) << 63) - 1));
 }
 
-// _C.regenerating_outside(level): for the batching rules (dropgrad_cuda/_batching.py).
-PyObject* regenerating_outside(PyObject*, PyObject* level) {
-  const long long l = PyLong_AsLongLong(level);
-  if (l == -1 && PyErr_Occurred()) return nullptr;
-  return PyBool_FromLong(dg::regenerating_outside(l));
+// _C.noise_randomness(level, op): "same" or "different", for the batching rules of
+// dropgrad_cuda/_batching.py (dg::noise_randomness, whose refusal it raises as RuntimeError).
+PyObject* noise_randomness(PyObject*, PyObject* args) {
+  long long level;
+  const char* op;
+  if (!PyArg_ParseTuple(args, "Ls", &level, &op)) return nullptr;
+  try {
+    const bool same = dg::noise_randomness(level, op) == at::functorch::RandomnessType::Same;
+    return PyUnicode_FromString(same ? "same" : "different");
+  } catch (const c10::Error& e) {
+    PyErr_SetString(PyExc_RuntimeError, e.what_without_backtrace());
+    return nullptr;
+  }
 }
 
 PyMethodDef methods[] = {
     {"draw_seed", draw_seed, METH_NOARGS, "A seed from torch's default generator, as torch.randint(0, 2**63 - 1, ())."},
-    {"regenerating_outside", regenerating_outside, METH_O,
-     "Inside a backward whose forward did not run under this vmap level."},
+    {"noise_randomness", noise_randomness, METH_VARARGS,
+     "The randomness ('same' or 'different') a noisy op follows at this vmap level."},
     {nullptr, nullptr, 0, nullptr}};
 }  // namespace
 
@@ -59,9 +67,13 @@ void dg::define_ops(torch::Library& m) {
   m.def(
       "dropgrad_update(Tensor param, Tensor grad, Tensor? lr_tensor, float lr, float p, int mode, "
       "int seed, int offset, Tensor? rng_state=None) -> Tensor");
+  // batch > 0: params[k] and grads[k] hold `batch` lists' k-th tensors along dim 0, and list b's
+  // stream starts at offset + b * (the span of one list): one call equals `batch` calls at those
+  // offsets (vmap's randomness="different", docs/noise_contract.md). lrs[k] is then 0-d, of
+  // params[k]'s shape, or of one list's tensor shape (params[k].shape[1:], shared by the lists).
   m.def(
       "dropgrad_step(Tensor[] params, Tensor[] grads, Tensor[] lrs, float lr, float p, int mode, "
-      "int seed, int offset, Tensor? rng_state=None) -> Tensor[]");
+      "int seed, int offset, Tensor? rng_state=None, int batch=0) -> Tensor[]");
   // In place, for optimizers: params -= lr * ((grads + weight_decay * params) * n). Not differentiable.
   // noise_mode, not mode: torch.compile passes a mutating op's arguments by name to a function
   // whose own first parameter is `mode` (auto_functionalized).

@@ -34,7 +34,7 @@ def register(ns, qualname_prefix):
         return torch.empty_like(param, memory_format=torch.contiguous_format)
 
     @torch.library.register_fake(q("dropgrad_step"))
-    def _(params, grads, lrs, lr, p, mode, seed, offset, rng_state=None):
+    def _(params, grads, lrs, lr, p, mode, seed, offset, rng_state=None, batch=0):
         # A meta tensor among CPU ones dispatches here, not to a kernel: refuse, as the kernels do.
         if any(t.device != params[0].device for t in (*params, *grads)):
             raise RuntimeError("params and grads must all be on one device")

@@ -5,6 +5,7 @@ Each rule makes one fused kernel call on the whole batch. Its noise follows vmap
 offset + b * span, span the element's stream length (its numel, or a list's total, rounded up
 to 4), so the batched call equals B separate calls at those offsets; "same" gives every element
 the unbatched call's noise; "error" (vmap's default) refuses an op that draws noise.
+dropgrad_step's rule is C++ (csrc/batching.cpp), for the cost of its long lists.
 
 A backward regenerates its forward's noise: at a vmap level its forward did not run under (the
 vmap over cotangents of jacrev, or a user's vmap of a vjp), every element gets that same noise.
@@ -20,7 +21,7 @@ from .reference import span
 _LIBS = {}  # the IMPL libraries holding the batching kernels, kept alive
 _F = torch._C._functorch
 _BELOW_BATCHED = torch._C.DispatchKeySet(torch._C.DispatchKey.FuncTorchBatched)
-VmapInfo = collections.namedtuple("VmapInfo", "batch_size randomness level")
+VmapInfo = collections.namedtuple("VmapInfo", "batch_size level")
 
 
 def _batching_kernel(op, rule):
@@ -50,7 +51,7 @@ def _batching_kernel(op, rule):
         with torch._C._ExcludeDispatchKeyGuard(_BELOW_BATCHED):
             if not batched:  # nothing batched at this level: the op itself, one level down
                 return op(*plain)
-            out, out_dims = rule(VmapInfo(interp.batch_size(), interp.randomness(), level), dims, *plain)
+            out, out_dims = rule(VmapInfo(interp.batch_size(), level), dims, *plain)
         if isinstance(out, (list, tuple)):
             wrapped = [o if d is None else _F._add_batch_dim(o, d, level) for o, d in zip(out, out_dims)]
             return wrapped if isinstance(out, list) else tuple(wrapped)
@@ -64,15 +65,9 @@ def _front(x, d, size):
 
 
 def _randomness(info, name):
-    """The randomness a noisy op follows at this level."""
-    if _C.regenerating_outside(info.level):
-        return "same"  # a backward at a vmap level its forward did not run under (csrc/autograd.cpp)
-    if info.randomness == "error":
-        raise RuntimeError(
-            f"dropgrad {name} draws noise, and vmap's randomness argument is 'error' (its default): pass "
-            "randomness='different' for fresh noise per batch element (the DropGrad way) or 'same' for one "
-            "noise shared by all, or turn the noise off (mode='none', p=0, deterministic=True)")
-    return info.randomness
+    """The randomness a noisy op follows at this level: "same" inside a backward at a vmap level
+    its forward did not run under (csrc/autograd.cpp), else vmap's; "error" is refused."""
+    return _C.noise_randomness(info.level, name)
 
 
 def _elementwise(op, info, in_dims, tensors, rest, noisy, name):
@@ -129,39 +124,22 @@ def register(ns, qualname_prefix):
                            _noisy(p, mode), "drop_grad")
         return out, 0
 
-    @reg("dropgrad_update")
-    def _(info, in_dims, param, grad, lr_tensor, lr, p, mode, seed, offset, rng_state=None):
+    def update_rule(info, in_dims, param, grad, lr_tensor, lr, p, mode, seed, offset, rng_state=None):
+        out = _elementwise(ns.dropgrad_update.default, info, in_dims[:3], [param, grad, None],
+                           (lr, p, mode, seed, offset, rng_state), _noisy(p, mode), "dropgrad_update")
+        return out, 0
+
+    update_float_lr = _batching_kernel(ns.dropgrad_update.default, update_rule)
+
+    def update_kernel(keyset, param, grad, lr_tensor, lr, p, mode, seed, offset, rng_state=None):
         if lr_tensor is None:  # a float lr: one call on (B, span) rows, as the elementwise ops
-            out = _elementwise(ns.dropgrad_update.default, info, in_dims[:3], [param, grad, None],
-                               (lr, p, mode, seed, offset, rng_state), _noisy(p, mode), "dropgrad_update")
-            return out, 0
-        # A tensor lr, as a list of B updates: dropgrad_step's streams are exactly the batched
-        # ones, one launch serves any numel, and a batched 0-d lr stays a per-element scalar.
-        outs = _step(info, [[in_dims[0]], [in_dims[1]], [in_dims[2]]], [[param], [grad], [lr_tensor]], lr, p, mode, seed,
-                     offset, rng_state, "dropgrad_update")
-        return outs[0], 0
+            return update_float_lr(keyset, param, grad, lr_tensor, lr, p, mode, seed, offset, rng_state)
+        # A tensor lr: dropgrad_step of one-tensor lists at this same level (its C++ batching
+        # rule): its batched streams are exactly these, one launch serves any numel, and a
+        # batched 0-d lr stays a per-element scalar.
+        return ns.dropgrad_step.default([param], [grad], [lr_tensor], lr, p, mode, seed, offset, rng_state)[0]
 
-    @reg("dropgrad_step")
-    def _(info, in_dims, params, grads, lrs, lr, p, mode, seed, offset, rng_state=None):
-        lists = [list(params), list(grads), list(lrs)]
-        dims = [d if isinstance(d, (list, tuple)) else [d] * len(l) for d, l in zip(in_dims, lists)]
-        outs = _step(info, dims, lists, lr, p, mode, seed, offset, rng_state, "dropgrad_step")
-        return outs, [0] * len(outs)
-
-    def _step(info, dims, lists, lr, p, mode, seed, offset, rng_state, name):
-        """dropgrad_step over batched lists (dims: each tensor's batch dimension or None)."""
-        size = info.batch_size
-        fronts = [[_front(t, d, size) for t, d in zip(l, ds)] for l, ds in zip(lists, dims)]
-        k = len(lists[0])
-        if _noisy(p, mode) and _randomness(info, name) == "same":
-            per = [ns.dropgrad_step(*([t[b] for t in f] for f in fronts), lr, p, mode, seed, offset, rng_state)
-                   for b in range(size)]
-        else:  # element b's tensors follow element b-1's in one list: its stream starts at offset + b * span
-            rows = [[t.unbind(0) for t in f] for f in fronts]
-            flat = ns.dropgrad_step.default(*([r[b] for b in range(size) for r in f] for f in rows), lr, p, mode, seed,
-                                            offset, rng_state)
-            per = [flat[b * k:(b + 1) * k] for b in range(size)]
-        return [torch.stack([per[b][j] for b in range(size)]) for j in range(k)]
+    lib.impl("dropgrad_update", update_kernel, "FuncTorchBatched", with_keyset=True)
 
     @reg("meta_dropout")
     def _(info, in_dims, f, a, deterministic, seed, offset, rng_state=None):

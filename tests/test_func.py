@@ -249,6 +249,72 @@ def test_vmap_dropgrad_step_over_batched_lists(backend):
             assert torch.equal(x[b], y)
 
 
+LIST_LRS = {  # dropgrad_step's lrs for a batch of 3 lists of shapes (2, 3) and (5,)
+    "none": lambda d: [],
+    "0-d": lambda d: [f64(seed=5, device=d).abs(), f64(seed=6, device=d).abs()],
+    "per list": lambda d: [f64(3, 2, 3, seed=5, device=d).abs(), f64(3, 5, seed=6, device=d).abs()],
+    "one list's, shared": lambda d: [f64(2, 3, seed=5, device=d).abs(), f64(5, seed=6, device=d).abs()],
+}
+
+
+@pytest.mark.parametrize("lrs", list(LIST_LRS))
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float16])
+def test_dropgrad_step_batch_equals_a_call_per_list(backend, lrs, dtype):
+    """The kernels' batch argument, which the vmap rule calls: list b of a batch gets the stream
+    of a call of its own at offset + b * span(list), with its own rows of a per-list lr."""
+    name, device = backend
+    ns = dg.ops._kernels(name, torch.device(device))
+    ws = [f64(3, 2, 3, seed=1, device=device).to(dtype), f64(3, 5, seed=2, device=device).to(dtype)]
+    gs = [f64(3, 2, 3, seed=3, device=device).to(dtype), f64(3, 5, seed=4, device=device).to(dtype)]
+    ls = [l.to(dtype) if l.dim() else l for l in LIST_LRS[lrs](device)]
+    got = ns.dropgrad_step.default(ws, gs, ls, 0.3, 0.2, 2, 7, 4, None, 3)
+    for b in range(3):
+        row = [l if l.dim() in (0, w.dim() - 1) else l[b] for l, w in zip(ls, ws)]
+        want = ns.dropgrad_step.default([w[b] for w in ws], [g[b] for g in gs], row, 0.3, 0.2, 2, 7, 4 + b * (8 + 8))
+        for x, y in zip(got, want):
+            assert torch.equal(x[b], y)
+
+
+def test_vmap_of_grad_through_a_list_regenerates_the_forward_noise(backend):
+    """A list's backward under the vmap its forward ran under: every tensor's noise is its forward's
+    (element b's list starts b list spans on), so each element's gradient is its own call's."""
+    name, device = backend
+    ws = [f64(3, 2, 3, seed=1, device=device), f64(3, 5, seed=2, device=device)]
+    gs = [f64(3, 2, 3, seed=3, device=device), f64(3, 5, seed=4, device=device)]
+    lrs = [f64(seed=5, device=device).abs(), f64(5, seed=6, device=device).abs()]  # a 0-d and a full lr, shared
+
+    def loss(g, l, w, offset=4):
+        out = dg.dropgrad_step(w, g, l, 0.2, seed=7, offset=offset, backend=name)
+        return sum((o.pow(3)).sum() for o in out)
+
+    got = vmap(grad(loss, argnums=(0, 1)), in_dims=(0, None, 0), randomness="different")(gs, lrs, ws)
+    for b in range(3):
+        want = grad(loss, argnums=(0, 1))([g[b] for g in gs], lrs, [w[b] for w in ws], offset=4 + b * (8 + 8))
+        for x, y in zip(got[0], want[0]):  # d/dgrads: -lr * n * dL/dout
+            assert torch.equal(x[b], y)
+        for x, y in zip(got[1], want[1]):  # d/dlrs, per element
+            torch.testing.assert_close(x[b], y, rtol=1e-14, atol=0)
+
+
+def test_nested_vmap_of_a_list_folds_into_one_batch(backend):
+    """vmap of vmap of dropgrad_step: one call, inner element j of outer element i at
+    offset + (i * inner + j) * span(list)."""
+    name, device = backend
+    ws = [f64(2, 3, 5, seed=1, device=device), f64(2, 3, 2, seed=2, device=device)]
+    gs = [f64(2, 3, 5, seed=3, device=device), f64(2, 3, 2, seed=4, device=device)]
+    fn = lambda w, g: dg.dropgrad_step(w, g, 0.3, 0.2, seed=7, offset=8, backend=name)  # noqa: E731
+    with CountOps() as count:
+        got = vmap(vmap(fn, randomness="different"), randomness="different")(ws, gs)
+    assert count.calls == ["dropgrad_step"]
+    for i in range(2):
+        for j in range(3):
+            want = fn([w[i, j] for w in ws], [g[i, j] for g in gs]) if i == j == 0 else dg.dropgrad_step(
+                [w[i, j] for w in ws], [g[i, j] for g in gs], 0.3, 0.2, seed=7, offset=8 + (3 * i + j) * 12,
+                backend=name)
+            for x, y in zip(got, want):
+                assert torch.equal(x[i, j], y)
+
+
 def test_vmap_under_grad_meta_batch_equals_task_loop(backend):
     """The integration's meta-batch helper: vmap over tasks with grad inside, second order."""
     name, device = backend

@@ -27,6 +27,8 @@ def samples():
         ("dropgrad_update", (w(4, 4), w(4, 4), w(4, 4), 0.0, 0.1, 2, 7, 4)),
         ("dropgrad_step", ([w(3), w(2, 2)], [w(3), w(2, 2)], [], 0.1, 0.2, 2, 7, 0)),
         ("dropgrad_step", ([w(3), w(2, 2)], [w(3), w(2, 2)], [w(3), w(2, 2)], 0.0, 0.2, 1, 7, 0)),
+        # a batch of 2 lists: a per-list lr and one list's lr shared by both
+        ("dropgrad_step", ([w(2, 3), w(2, 2, 2)], [w(2, 3), w(2, 2, 2)], [w(2, 3), w(2, 2)], 0.0, 0.2, 2, 7, 4, None, 2)),
         ("dropgrad_step_", ([torch.randn(3), torch.randn(2, 2)], [torch.randn(3), torch.randn(2, 2)], [], 0.1, 0.01,
                             0.2, 2, 7, 0)),
         ("dropgrad_step_", ([torch.randn(5).double()], [torch.randn(5).double()], [torch.rand(5).double()], 0.0, 0.0,

@@ -7,7 +7,7 @@ import triton
 
 from dropgrad_cuda import _autograd
 from dropgrad_cuda.ops import OP_NAMES
-from dropgrad_cuda.reference import stream_offsets
+from dropgrad_cuda.reference import span, stream_offsets
 
 from . import configs
 from . import kernels as K
@@ -81,7 +81,7 @@ def drop_grad(grad, p, mode, seed, offset, rng_state=None):
 
 
 def _lr_arg(lr_tensor, lr, param):
-    if lr_tensor is not None and lr_tensor.dim() > 0:  # full shape, param's dtype
+    if lr_tensor is not None and lr_tensor.numel() != 1:  # full shape, param's dtype (one element: a scalar, as in C++)
         return lr_tensor.detach().contiguous()
     return _scalar_lr(lr_tensor, lr, param)
 
@@ -92,30 +92,48 @@ def dropgrad_update(param, grad, lr_tensor, lr, p, mode, seed, offset, rng_state
                         rng_state)
 
 
-def _step(params, grads, lrs, lr, weight_decay, p, mode, seed, offset, rng_state, in_place):
+def _step(params, grads, lrs, lr, weight_decay, p, mode, seed, offset, rng_state, in_place, batch=0):
     """One launch per dtype present in the list (a single launch for the usual all-float32 list).
-    In place, the outputs are the params, a non-contiguous one through a copy written back."""
+    With batch > 0 each tensor is `batch` rows, one per list, each a row of the launch's table
+    starting list b's stream b list spans after list 0's. In place, the outputs are the params, a
+    non-contiguous one through a copy written back."""
+    if batch < 0:
+        raise RuntimeError(f"batch must be non-negative, got {batch}")
+    nrows = max(batch, 1)
+    for k, w in enumerate(params):
+        if batch and (w.dim() == 0 or w.shape[0] != batch):
+            raise RuntimeError(f"params[{k}] must have the batch of {batch} lists along dim 0")
     ws = [w.contiguous() for w in params]
     gs = [g.contiguous() for g in grads]
     outs = ws if in_place else [torch.empty_like(w) for w in ws]
     lr_args = [_lr_arg(lrs[k] if lrs else None, lr, w) for k, w in enumerate(ws)]  # kept alive until launched
-    offsets = stream_offsets([w.numel() for w in ws], offset)
+    row_numels = [w.numel() // nrows for w in ws]
+    starts = stream_offsets(row_numels, offset)
+    list_span = sum(map(span, row_numels))
     by_dtype = {}
     for k, w in enumerate(ws):
         if w.numel():
             by_dtype.setdefault(w.dtype, []).append(k)
     for dtype, ks in by_dtype.items():
-        rows, blocks, first = [], [], 0
+        table, blocks, first = [], [], 0
         for k in ks:
-            cells = {"param": ws[k].data_ptr(), "grad": gs[k].data_ptr(), "out": outs[k].data_ptr(),
-                     "lr": lr_args[k].data_ptr(), "numel": ws[k].numel(), "q0": offsets[k] // 4,
-                     "first_block": first, "lr_is_full": int(lr_args[k].dim() > 0)}
-            rows.append([cells[c] for c in K.TABLE_COLUMNS])
-            blocks.append(_grid(ws[k].numel())[0])
-            first += blocks[-1]
+            n, size = row_numels[k], ws[k].element_size()
+            full = lr_args[k].dim() > 0
+            if full and lr_args[k].shape not in (ws[k].shape, ws[k].shape[1:] if batch else None):
+                raise RuntimeError(f"lrs[{k}] must be a scalar or have param's shape"
+                                   + (" or param.shape[1:]" if batch else ""))
+            lr_row = n * size if full and lr_args[k].shape == ws[k].shape else 0  # 0: one lr shared by the lists
+            for b in range(nrows):
+                cells = {"param": ws[k].data_ptr() + b * n * size, "grad": gs[k].data_ptr() + b * n * size,
+                         "out": outs[k].data_ptr() + b * n * size, "lr": lr_args[k].data_ptr() + b * lr_row,
+                         "numel": n, "q0": (starts[k] + b * list_span) // 4, "first_block": first,
+                         "lr_is_full": int(full)}
+                table.append([cells[c] for c in K.TABLE_COLUMNS])
+                blocks.append(_grid(n)[0])
+                first += blocks[-1]
         device = ws[ks[0]].device
-        table = torch.tensor(rows, dtype=torch.int64).to(device, non_blocking=True)
-        block_tensor = torch.repeat_interleave(torch.arange(len(ks), dtype=torch.int32), torch.tensor(blocks))
+        table = torch.tensor(table, dtype=torch.int64).to(device, non_blocking=True)
+        block_tensor = torch.repeat_interleave(torch.arange(len(blocks), dtype=torch.int32), torch.tensor(blocks))
         block_tensor = block_tensor.to(device, non_blocking=True)
         state, has_state = _state(rng_state, ws[ks[0]], _mode(p, mode) != 0)
         # Without weight decay wd_ptr is never read: the table stands in, no tensor is made and copied.
@@ -129,8 +147,8 @@ def _step(params, grads, lrs, lr, weight_decay, p, mode, seed, offset, rng_state
     return outs
 
 
-def dropgrad_step(params, grads, lrs, lr, p, mode, seed, offset, rng_state=None):
-    return _step(params, grads, lrs, lr, 0.0, p, mode, seed, offset, rng_state, False)
+def dropgrad_step(params, grads, lrs, lr, p, mode, seed, offset, rng_state=None, batch=0):
+    return _step(params, grads, lrs, lr, 0.0, p, mode, seed, offset, rng_state, False, batch)
 
 
 def dropgrad_step_(params, grads, lrs, lr, weight_decay, p, noise_mode, seed, offset, rng_state=None):

@@ -334,18 +334,22 @@ void check_floating(const at::Tensor& t, const char* name) {
   TORCH_CHECK(at::isFloatingType(t.scalar_type()), name, " must be a floating-point tensor");
 }
 
-// One-element lr tensors are read as a scalar; full-shape ones become an aligned contiguous array.
+// One-element lr tensors are read as a scalar; full-shape ones become an aligned contiguous array,
+// read at `row` elements further for each list of a batch (0: one lr shared by the lists).
 struct LearningRate {
   double scalar;
   at::Tensor vec;
+  int64_t row = 0;
 };
 
-LearningRate resolve_lr(const OptTensor& lr_tensor, double lr, const at::Tensor& param) {
+LearningRate resolve_lr(const OptTensor& lr_tensor, double lr, const at::Tensor& param, int64_t batch = 0) {
   if (!lr_tensor.has_value() || !lr_tensor->defined()) return {lr, at::Tensor()};
   if (lr_tensor->numel() == 1) return {lr_tensor->item<double>(), at::Tensor()};
-  TORCH_CHECK(lr_tensor->sizes() == param.sizes(), "lr must be a scalar or have param's shape");
+  const bool shared = batch > 0 && lr_tensor->sizes() == param.sizes().slice(1);
+  TORCH_CHECK(shared || lr_tensor->sizes() == param.sizes(),
+              batch > 0 ? "lr must be a scalar, have param's shape or param.shape[1:]" : "lr must be a scalar or have param's shape");
   TORCH_CHECK(lr_tensor->scalar_type() == param.scalar_type(), "a full-shape lr must have param's dtype");
-  return {0.0, lr_tensor->contiguous()};
+  return {0.0, lr_tensor->contiguous(), shared ? 0 : param.numel() / std::max<int64_t>(batch, 1)};
 }
 
 at::Tensor philox4x32_10_cpu(const at::Tensor& counter, const at::Tensor& key) {
@@ -425,7 +429,7 @@ at::Tensor dropgrad_update_cpu(const at::Tensor& param, const at::Tensor& grad,
   return out;
 }
 
-// One tensor of a step, its dtype resolved before the parallel region: AT_DISPATCH inside the
+// One tensor of a step (one list's row of it in a batch), its dtype resolved before the parallel region: AT_DISPATCH inside the
 // per-block loop cost more than the noise on small lists (Conv-4) and kept them from scaling.
 // In place (dropgrad_step_), out is the param itself.
 struct StepItem {
@@ -455,39 +459,54 @@ void run_step_(const StepItem& t, double weight_decay, int64_t begin, int64_t n,
 
 // The whole list in one parallel region: blocks of all tensors are numbered consecutively and
 // each worker finds its tensor by binary search. Tensor k's stream starts where tensor k-1's
-// ends, rounded up to a multiple of 4. outs: new tensors, or (in place) the params, a
-// non-contiguous one through a contiguous copy written back at the end.
+// ends, rounded up to a multiple of 4; with batch > 0 each tensor is `batch` rows, one per list,
+// and list b's stream starts b list spans after list 0's. outs: new tensors, or (in place) the
+// params, a non-contiguous one through a contiguous copy written back at the end.
 void step_cpu(at::TensorList params, at::TensorList grads, at::TensorList lrs, double lr, double weight_decay,
-              double p, int64_t mode, int64_t seed, int64_t offset, const OptTensor& rng_state, bool in_place,
-              std::vector<at::Tensor>& outs) {
+              double p, int64_t mode, int64_t seed, int64_t offset, const OptTensor& rng_state, int64_t batch,
+              bool in_place, std::vector<at::Tensor>& outs) {
   resolve_seed(rng_state, seed, offset);
   const size_t nt = params.size();
   TORCH_CHECK(grads.size() == nt, "params and grads must have the same length");
   TORCH_CHECK(lrs.empty() || lrs.size() == nt, "lrs must be empty or have one entry per param");
+  TORCH_CHECK(batch >= 0, "batch must be non-negative, got ", batch);
+  const int64_t rows = std::max<int64_t>(batch, 1);
   std::vector<at::Tensor> keep;  // contiguous copies and lr arrays, alive until the end
-  std::vector<StepItem> items(nt);
-  std::vector<int64_t> first_block(nt + 1, 0);
+  std::vector<StepItem> items(nt * rows);
+  std::vector<int64_t> first_block(nt * rows + 1, 0);
   outs.resize(nt);
-  int64_t stream = offset;
+  int64_t list_span = 0;
+  for (size_t k = 0; k < nt; ++k) {
+    TORCH_CHECK(batch == 0 || (params[k].dim() > 0 && params[k].size(0) == batch), "params[", k,
+                "] must have the batch of ", batch, " lists along dim 0");
+    list_span += dg::span(params[k].numel() / rows);
+  }
+  int64_t start = offset;
   for (size_t k = 0; k < nt; ++k) {
     check_floating(params[k], "params");
     check_floating(grads[k], "grads");
     TORCH_CHECK(params[k].sizes() == grads[k].sizes() && params[k].scalar_type() == grads[k].scalar_type(),
                 "params[", k, "] and grads[", k, "] must have the same shape and dtype");
     const at::Tensor w = params[k].contiguous(), g = grads[k].contiguous();
-    const LearningRate l = resolve_lr(lrs.empty() ? OptTensor() : OptTensor(lrs[k]), lr, params[k]);
+    const LearningRate l = resolve_lr(lrs.empty() ? OptTensor() : OptTensor(lrs[k]), lr, params[k], batch);
     outs[k] = in_place ? w : empty_output(w);
-    StepItem& it = items[k];
-    it = {w.data_ptr(), g.data_ptr(), l.vec.defined() ? l.vec.data_ptr() : nullptr, l.scalar, outs[k].data_ptr(),
-          w.numel(), stream, nullptr};
+    decltype(StepItem::run) run = nullptr;
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, w.scalar_type(), "dropgrad_step",
-                                    [&] { it.run = in_place ? &run_step_<scalar_t> : &run_update<scalar_t>; });
+                                    [&] { run = in_place ? &run_step_<scalar_t> : &run_update<scalar_t>; });
+    const int64_t row = w.numel() / rows, bytes = row * w.element_size(), lr_bytes = l.row * w.element_size();
+    for (int64_t b = 0; b < rows; ++b) {
+      const size_t i = k * rows + b;
+      items[i] = {static_cast<const char*>(w.data_ptr()) + b * bytes, static_cast<const char*>(g.data_ptr()) + b * bytes,
+                  l.vec.defined() ? static_cast<const char*>(l.vec.data_ptr()) + b * lr_bytes : nullptr, l.scalar,
+                  static_cast<char*>(outs[k].data_ptr()) + b * bytes, row, start + b * list_span, run};
+      first_block[i + 1] = first_block[i] + (row + kBlock - 1) / kBlock;
+    }
     keep.insert(keep.end(), {w, g, l.vec});
-    stream += dg::span(w.numel());
-    first_block[k + 1] = first_block[k] + (w.numel() + kBlock - 1) / kBlock;
+    start += dg::span(row);
   }
   const Stream st = make_stream(p, mode, seed);
-  at::parallel_for(0, first_block[nt], kGrainBlocks, [&](int64_t b0, int64_t b1) {
+  const size_t ni = items.size();
+  at::parallel_for(0, first_block[ni], kGrainBlocks, [&](int64_t b0, int64_t b1) {
     alignas(64) float buf[kBlock];
     for (int64_t b = b0; b < b1; ++b) {
       const size_t k = std::upper_bound(first_block.begin(), first_block.end(), b) - first_block.begin() - 1;
@@ -506,9 +525,9 @@ void step_cpu(at::TensorList params, at::TensorList grads, at::TensorList lrs, d
 
 std::vector<at::Tensor> dropgrad_step_cpu(at::TensorList params, at::TensorList grads, at::TensorList lrs,
                                           double lr, double p, int64_t mode, int64_t seed, int64_t offset,
-                                          const OptTensor& rng_state) {
+                                          const OptTensor& rng_state, int64_t batch) {
   std::vector<at::Tensor> outs;
-  step_cpu(params, grads, lrs, lr, 0.0, p, mode, seed, offset, rng_state, false, outs);
+  step_cpu(params, grads, lrs, lr, 0.0, p, mode, seed, offset, rng_state, batch, false, outs);
   return outs;
 }
 
@@ -516,7 +535,7 @@ void dropgrad_step__cpu(at::TensorList params, at::TensorList grads, at::TensorL
                         double weight_decay, double p, int64_t mode, int64_t seed, int64_t offset,
                         const OptTensor& rng_state) {
   std::vector<at::Tensor> outs;
-  step_cpu(params, grads, lrs, lr, weight_decay, p, mode, seed, offset, rng_state, true, outs);
+  step_cpu(params, grads, lrs, lr, weight_decay, p, mode, seed, offset, rng_state, 0, true, outs);
 }
 
 at::Tensor meta_dropout_cpu(const at::Tensor& f, const at::Tensor& a, bool deterministic, int64_t seed,

@@ -53,11 +53,17 @@ inline Rng rng(double p, int64_t mode, int64_t seed, const OptTensor& rng_state,
 
 // A tensor lr stays on the device (no host sync): a full one in the param's dtype, a one-element
 // one converted to the op-math type; `keep` holds the converted tensor alive until the launch.
-inline LearningRate learning_rate(const OptTensor& lr_tensor, double lr, const at::Tensor& param, at::Tensor& keep) {
+// In a batch of lists (dropgrad_step's batch > 0) a full lr may also be one list's shape,
+// param.shape[1:], shared by the lists; *shared says so.
+inline LearningRate learning_rate(const OptTensor& lr_tensor, double lr, const at::Tensor& param, at::Tensor& keep,
+                                  int64_t batch = 0, bool* shared = nullptr) {
   if (!lr_tensor.has_value() || !lr_tensor->defined()) return {nullptr, nullptr, lr};
   if (lr_tensor->dim() > 0 && lr_tensor->numel() != 1) {  // full shape (an empty one too)
-    TORCH_CHECK(lr_tensor->sizes() == param.sizes() && lr_tensor->scalar_type() == param.scalar_type(),
-                "a full-shape lr must have param's shape and dtype");
+    const bool one_list = batch > 0 && lr_tensor->sizes() == param.sizes().slice(1);
+    TORCH_CHECK((one_list || lr_tensor->sizes() == param.sizes()) && lr_tensor->scalar_type() == param.scalar_type(),
+                batch > 0 ? "a full-shape lr must have param's dtype and its shape or param.shape[1:]"
+                          : "a full-shape lr must have param's shape and dtype");
+    if (shared) *shared = one_list;
     keep = lr_tensor->contiguous();
     return {keep.data_ptr(), nullptr, 0.0};
   }
@@ -120,16 +126,27 @@ at::Tensor dropgrad_update(const at::Tensor& param, const at::Tensor& grad, cons
 }
 
 // One multi-tensor launch sequence per dtype present; tensor k's stream starts where tensor
-// k-1's ends, rounded up to a multiple of 4 (as on every backend). In place, the outputs are the
-// params, a non-contiguous one through a contiguous copy written back after the launches.
+// k-1's ends, rounded up to a multiple of 4 (as on every backend). With batch > 0 each tensor is
+// `batch` rows, one per list, list b's stream b list spans after list 0's: a row is one more
+// entry of the launch's list, its pointers moved on the host, no kernel of its own. In place, the
+// outputs are the params, a non-contiguous one through a contiguous copy written back after the
+// launches.
 template <class D>
 std::vector<at::Tensor> step(at::TensorList params, at::TensorList grads, at::TensorList lrs, double lr,
                              double weight_decay, double p, int64_t mode, int64_t seed, int64_t offset,
-                             const OptTensor& rng_state, bool in_place) {
+                             const OptTensor& rng_state, int64_t batch, bool in_place) {
   const size_t nt = params.size();
   TORCH_CHECK(grads.size() == nt && (lrs.empty() || lrs.size() == nt), "params, grads and lrs must match in length");
+  TORCH_CHECK(batch >= 0, "batch must be non-negative, got ", batch);
+  const int64_t rows = std::max<int64_t>(batch, 1);
   std::vector<at::Tensor> ws(nt), gs(nt), outs(nt), keep(nt);
   std::vector<StepTensor> by_dtype[4];
+  int64_t list_span = 0;
+  for (size_t k = 0; k < nt; ++k) {
+    TORCH_CHECK(batch == 0 || (params[k].dim() > 0 && params[k].size(0) == batch), "params[", k,
+                "] must have the batch of ", batch, " lists along dim 0");
+    list_span += dg::span(params[k].numel() / rows);
+  }
   int64_t q = offset / 4;
   for (size_t k = 0; k < nt; ++k) {
     check<D>(params[k], "params");
@@ -139,10 +156,17 @@ std::vector<at::Tensor> step(at::TensorList params, at::TensorList grads, at::Te
     ws[k] = params[k].contiguous();
     gs[k] = grads[k].contiguous();
     outs[k] = in_place ? ws[k] : at::empty_like(ws[k]);
-    const auto l = learning_rate(lrs.empty() ? OptTensor() : OptTensor(lrs[k]), lr, ws[k], keep[k]);
-    by_dtype[static_cast<int>(dtype_of(ws[k]))].push_back({ws[k].data_ptr(), gs[k].data_ptr(), outs[k].data_ptr(), l,
-                                                           ws[k].numel(), q});
-    q += dg::span(ws[k].numel()) / 4;
+    bool shared_lr = false;
+    const auto l = learning_rate(lrs.empty() ? OptTensor() : OptTensor(lrs[k]), lr, ws[k], keep[k], batch, &shared_lr);
+    const int64_t row = ws[k].numel() / rows, bytes = row * ws[k].element_size();
+    for (int64_t b = 0; b < rows; ++b) {
+      LearningRate lb = l;
+      if (l.lr_vec && !shared_lr) lb.lr_vec = static_cast<const char*>(l.lr_vec) + b * bytes;
+      by_dtype[static_cast<int>(dtype_of(ws[k]))].push_back(
+          {static_cast<const char*>(ws[k].data_ptr()) + b * bytes, static_cast<const char*>(gs[k].data_ptr()) + b * bytes,
+           static_cast<char*>(outs[k].data_ptr()) + b * bytes, lb, row, q + b * (list_span / 4)});
+    }
+    q += dg::span(row) / 4;
   }
   if (nt == 0) return outs;
   const typename D::Guard guard(params[0].device());
@@ -162,14 +186,14 @@ std::vector<at::Tensor> step(at::TensorList params, at::TensorList grads, at::Te
 template <class D>
 std::vector<at::Tensor> dropgrad_step(at::TensorList params, at::TensorList grads, at::TensorList lrs, double lr,
                                       double p, int64_t mode, int64_t seed, int64_t offset,
-                                      const OptTensor& rng_state) {
-  return step<D>(params, grads, lrs, lr, 0.0, p, mode, seed, offset, rng_state, false);
+                                      const OptTensor& rng_state, int64_t batch) {
+  return step<D>(params, grads, lrs, lr, 0.0, p, mode, seed, offset, rng_state, batch, false);
 }
 
 template <class D>
 void dropgrad_step_(at::TensorList params, at::TensorList grads, at::TensorList lrs, double lr, double weight_decay,
                     double p, int64_t mode, int64_t seed, int64_t offset, const OptTensor& rng_state) {
-  step<D>(params, grads, lrs, lr, weight_decay, p, mode, seed, offset, rng_state, true);
+  step<D>(params, grads, lrs, lr, weight_decay, p, mode, seed, offset, rng_state, 0, true);
 }
 
 template <class D>

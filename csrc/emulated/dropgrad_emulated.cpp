@@ -85,3 +85,4 @@ TORCH_LIBRARY(dropgrad_emulated, m) {
 TORCH_LIBRARY_IMPL(dropgrad_emulated, CPU, m) { dg_cuda::register_kernels<dg_cuda::Emulated>(m); }
 TORCH_LIBRARY_IMPL(dropgrad_emulated, Autograd, m) { dg::register_autograd(m, dg::kEmulated); }
 TORCH_LIBRARY_IMPL(dropgrad_emulated, ADInplaceOrView, m) { dg::register_inplace_or_view(m, dg::kEmulated); }
+TORCH_LIBRARY_IMPL(dropgrad_emulated, FuncTorchBatched, m) { dg::register_batching(m, dg::kEmulated); }
