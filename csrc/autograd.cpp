@@ -69,8 +69,8 @@ SavedVariable save(const OptTensor& t) { return SavedVariable(t.has_value() ? *t
 // The gradient of an lr from the full-shape product g: a 0-d lr's is the sum, a full-shape lr's g
 // itself, and one list's lr shared by a batch of lists (dropgrad_step's batch) the sum over lists.
 Tensor reduce_like(const Tensor& g, const Tensor& like) {
-  if (g.sizes() == like.sizes()) return g.to(like.scalar_type());
-  if (like.numel() == 1) return g.sum().reshape(like.sizes()).to(like.scalar_type());
+  if (g.sym_sizes() == like.sym_sizes()) return g.to(like.scalar_type());
+  if (like.sym_numel() == 1) return g.sum().reshape_symint(like.sym_sizes()).to(like.scalar_type());
   return g.sum(0).to(like.scalar_type());
 }
 
