@@ -7,6 +7,10 @@
 // with `batch` (csrc/ops.cpp), so element e's stream starts e spans of its call later, as vmap's
 // randomness="different" asks (docs/noise_contract.md, "Batched streams"); a call that is itself
 // a batch of lists (a nested vmap, a backward under vmap) folds its lists into the same batch.
+//
+// Private API: at::functorch's DynamicLayer and BatchedTensorImpl, as PyTorch's own C++ batching
+// rules use them (unchanged torch 2.11 to 2.15); torch.library.register_vmap is the public way,
+// and its Python pytree passes are the cost this file removes.
 #include <ATen/ATen.h>
 #include <ATen/functorch/BatchedTensorImpl.h>
 #include <ATen/functorch/DynamicLayer.h>

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from torch._C._functorch import TransformType
 from torch._functorch import pyfunctorch
 
-from . import _C, _autograd, reference
+from . import _C, _autograd, _reference_ops, reference
 from .reference import MODES
 
 BACKENDS = ("auto", "cpu", "cuda", "triton", "cuda-emulated", "reference")
@@ -62,8 +62,8 @@ _CPU_KERNELS = torch.ops.dropgrad
 
 
 def _kernels(backend, where):
-    """The namespace of ops that runs `backend` where a tensor (or on a torch.device) is, or the
-    reference module."""
+    """The namespace of ops that runs `backend` where a tensor (or on a torch.device) is; every
+    namespace, the reference's too (dropgrad_cuda._reference_ops), has the schemas of csrc/ops.cpp."""
     device = where if isinstance(where, torch.device) else None
     if backend == "auto" and device is None and where.is_cpu:  # the common call, first
         return _CPU_KERNELS
@@ -78,7 +78,7 @@ def _kernels(backend, where):
         else:
             raise RuntimeError(f"no dropgrad_cuda backend runs on device {device}")
     if backend == "reference":
-        return reference
+        return _reference_ops
     if backend == "cuda-emulated":
         if device.type != "cpu":
             raise RuntimeError(f"backend='cuda-emulated' runs the CUDA kernels on CPU tensors, got tensors on {device}")
@@ -164,11 +164,11 @@ def _rng(seed, like, numel, kernels, noisy=True):
       reproduces a run)."""
     if not noisy:
         return (0 if seed is None else _seed(seed)), None
-    if kernels is reference and any(i.key() == TransformType.Vmap
-                                    for i in pyfunctorch.retrieve_all_functorch_interpreters()):
+    if kernels is _reference_ops and any(i.key() == TransformType.Vmap
+                                         for i in pyfunctorch.retrieve_all_functorch_interpreters()):
         raise NotImplementedError("backend='reference' has no batching rule for its noise (every batch element "
                                   "would get the same stream): under vmap use a kernel backend")
-    if kernels is not reference:
+    if kernels is not _reference_ops:
         if seed is None and like.is_cuda and cuda_kernels_built():
             return 0, torch.ops.dropgrad.cuda_rng_state(like, numel)
         if torch.compiler.is_compiling():
@@ -229,8 +229,6 @@ def drop_grad(grad, p, mode="gaussian", *, seed=None, offset=0, backend="auto"):
     offset = _offset(offset, grad.numel())
     k = _kernels(backend, grad)
     seed, state = _rng(seed, grad, grad.numel(), k, _noisy(p, mode))
-    if k is reference:
-        return reference.drop_grad(grad, p, mode, seed=seed, offset=offset)
     return k.drop_grad.default(grad, p, m, seed, offset, state)
 
 
@@ -242,8 +240,6 @@ def dropgrad_update(param, grad, lr, p, mode="gaussian", *, seed=None, offset=0,
     offset = _offset(offset, param.numel())
     k = _kernels(backend, param)
     seed, state = _rng(seed, param, param.numel(), k, _noisy(p, mode))
-    if k is reference:
-        return reference.dropgrad_update(param, grad, lr, p, mode, seed=seed, offset=offset)
     return k.dropgrad_update.default(param, grad, lr_t, lr_f, p, m, seed, offset, state)
 
 
@@ -330,9 +326,6 @@ def _step(name, params, grads, lr, p, mode, seed, offset, backend, *weight_decay
     span = sum(reference.span(w.numel()) for w in params) if offset or params[0].is_cuda else 0
     offset = _offset(offset, span)
     seed, state = _rng(seed, params[0], span, k, _noisy(p, mode))
-    if k is reference:
-        wd = dict(weight_decay=weight_decay[0]) if weight_decay else {}
-        return getattr(reference, name)(params, grads, lrs or lr_f, p, mode, seed=seed, offset=offset, **wd)
     try:
         return getattr(k, name).default(params, grads, lrs, lr_f, *weight_decay, p, m, seed, offset, state)
     except (RuntimeError, TypeError, AttributeError):
@@ -356,8 +349,6 @@ def meta_dropout(f, a, *, deterministic=False, seed=None, offset=0, backend="aut
     offset = _offset(offset, f.numel())
     k = _kernels(backend, f)
     seed, state = _rng(seed, f, f.numel(), k, not deterministic)
-    if k is reference:
-        return reference.meta_dropout(f, a, deterministic=deterministic, seed=seed, offset=offset)
     return k.meta_dropout.default(f, a, deterministic, seed, offset, state)
 
 
@@ -384,8 +375,6 @@ def logit_noise(mu, s, *, deterministic=False, seed=None, offset=0, backend="aut
     if deterministic:
         return mu
     seed, state = _rng(seed, mu, mu.numel(), k)
-    if k is reference:
-        return reference.logit_noise(mu, s, seed=seed, offset=offset)
     scale = F.softplus(s).expand(mu.shape)
     return k.dropgrad_update.default(mu, scale, None, -1.0, 0.0, MODES["normal"], seed, offset, state)
 

@@ -158,7 +158,7 @@ def dropgrad_update(param, grad, lr, p, mode="gaussian", *, seed, offset=0, weig
     g = grad.to(c)
     if weight_decay != 0:
         g = g + torch.as_tensor(weight_decay, dtype=c) * param.to(c)
-    if not (mode == "none" or p == 0):
+    if mode == "normal" or not (mode == "none" or p == 0):  # "normal" ignores p, as noise() does
         g = g * _noise_like(grad, p, mode, seed, offset)
     return (param.to(c) - lr * g).to(param.dtype)
 
@@ -221,3 +221,16 @@ def logit_noise(mu, s, *, deterministic=False, seed, offset=0):
     c = _opmath(mu)
     scale = F.softplus(s).to(c).expand(mu.shape)  # softplus in s's dtype, as the fused op feeds its kernel
     return (mu.to(c) + scale * _noise_like(mu, 0.0, "normal", seed, offset)).to(mu.dtype)
+
+
+def meta_dropout_backward(grad_out, f, a, *, deterministic=False, seed, offset=0):
+    """meta_dropout's gradients: (grad_out * softplus(z), grad_out * f * softplus'(z)), softplus'
+    = sigmoid below PyTorch's threshold 20 and 1 above it."""
+    c = _opmath(f)
+    z = a.to(c)
+    if not deterministic:
+        z = z + _noise_like(a, 0.0, "normal", seed, offset)
+    g, fc = grad_out.to(c), f.to(c)
+    s = torch.where(z > 20, 1.0, torch.sigmoid(z))
+    return (g * F.softplus(z)).to(f.dtype), ((g * fc) * s).to(f.dtype)
+

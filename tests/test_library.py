@@ -82,6 +82,22 @@ def test_every_op_is_in_every_list(namespace):
     assert set(TRITON_OPS) == set(ELEMENTS_MOVED)
 
 
+def test_the_reference_is_a_namespace_of_every_op():
+    """backend="reference" is called like every kernel namespace: each op of the table, by the
+    kernels' schema (its parameters' names, and the defaults of the trailing ones)."""
+    import inspect
+
+    from dropgrad_cuda import _reference_ops
+
+    for op in OPS:
+        fn = getattr(_reference_ops, op).default
+        schema = getattr(torch.ops.dropgrad, op).default._schema
+        params = inspect.signature(fn).parameters
+        assert list(params) == [a.name for a in schema.arguments], op
+        assert all((p.default is inspect.Parameter.empty) == (not a.has_default_value())
+                   for p, a in zip(params.values(), schema.arguments)), op
+
+
 @pytest.mark.parametrize("namespace", list(namespaces()))
 @pytest.mark.parametrize("name,args", samples(), ids=[n for n, _ in samples()])
 def test_opcheck(namespace, name, args):

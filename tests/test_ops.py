@@ -174,6 +174,23 @@ def test_meta_dropout(backend, dtype, deterministic):
         assert_matches(got, want, backend, ulps=4)
 
 
+@pytest.mark.numerics  # the reference computes softplus and sigmoid with ATen
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("deterministic", [False, True])
+def test_meta_dropout_backward(backend, dtype, deterministic):
+    """The fused backward (grad_out * softplus(z), grad_out * f * softplus'(z)) against the
+    reference namespace's, past softplus' threshold: softplus and sigmoid a few ulps apart as in
+    test_meta_dropout, and ga a product of three rounded factors, so 8 ulps."""
+    name, device = backend
+    xs = [make((37, 5), dtype, device, seed=i, noncontiguous=i == 1) * 3 for i in range(3)]
+    xs[2][0, :3] = torch.tensor([25.0, -30.0, 19.5], dtype=dtype, device=device)
+    got = dg.ops._kernels(name, xs[0].device).meta_dropout_backward.default(*xs, deterministic, 2**40, 8)
+    want = dg.ops._kernels("reference", torch.device("cpu")).meta_dropout_backward.default(
+        *(x.cpu() for x in xs), deterministic, 2**40, 8)
+    for g, w in zip(got, want):
+        assert_matches(g, w, backend, ulps=8)
+
+
 @pytest.mark.numerics  # the reference computes softplus and exp with ATen
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("deterministic", [False, True])
