@@ -1,4 +1,6 @@
 """Bad input gets a clear Python exception naming the argument, never a crash or garbage."""
+import os
+
 import pytest
 import torch
 
@@ -123,6 +125,26 @@ def test_raw_op_rejects_mismatched_shapes_without_crashing():
 def test_raw_kernel_ops_refuse_bad_input(ns, call, match):
     """The kernels' own host code (csrc/cpu; csrc/cuda/host_ops.h, run here by the emulator) checks
     what the Python layer does not reach."""
+    with pytest.raises(RuntimeError, match=match):
+        call(getattr(torch.ops, ns))
+
+
+@pytest.mark.parametrize("ns", [pytest.param("dropgrad", id="cpu"),
+                                pytest.param("dropgrad_emulated", id="cuda-emulated", marks=needs_emulator),
+                                pytest.param("dropgrad_triton", id="triton-interpreter", marks=pytest.mark.skipif(
+                                    os.environ.get("TRITON_INTERPRET") != "1", reason="needs TRITON_INTERPRET=1"))])
+@pytest.mark.parametrize("call,match", [
+    (lambda ns: ns.dropgrad_step([W], [G], [], 0.1, 0.1, 2, 1, 0, None, -1), "batch must be non-negative"),
+    (lambda ns: ns.dropgrad_step([torch.randn(3, 2)], [torch.randn(3, 2)], [], 0.1, 0.1, 2, 1, 0, None, 2),
+     r"params\[0\] must have the batch of 2 lists along dim 0"),
+    (lambda ns: ns.dropgrad_step([torch.randn(2, 3)], [torch.randn(2, 3)], [torch.ones(3, 2)], 0.1, 0.1, 2, 1, 0, None, 2),
+     "lr"),
+])
+def test_a_batch_of_lists_refuses_bad_input(ns, call, match):
+    """dropgrad_step's batch argument (the vmap rule's): a negative batch, a tensor without the
+    batch along dim 0, an lr of neither param's shape nor one list's."""
+    if ns == "dropgrad_triton":
+        dg.ops._triton_ops()
     with pytest.raises(RuntimeError, match=match):
         call(getattr(torch.ops, ns))
 
