@@ -32,7 +32,7 @@ using torch::autograd::variable_list;
 
 // ---- vmap: a backward regenerates its forward's noise. At a vmap level its forward did not run
 // under (jacrev's vmap over cotangents, a user's vmap of a vjp), every batch element gets that
-// one noise; the batching rules (dropgrad_cuda/_batching.py) ask regenerating_outside(level).
+// one noise; the batching rules (csrc/batching.cpp) ask regenerating_outside(level).
 thread_local const std::vector<int64_t>* regenerating_levels = nullptr;
 
 std::vector<int64_t> vmap_levels() {

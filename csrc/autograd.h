@@ -1,6 +1,5 @@
 // Autograd of the kernel ops (csrc/autograd.cpp), registered for each namespace that defines them.
 #pragma once
-#include <ATen/functorch/Interpreter.h>
 #include <torch/library.h>
 
 #include <cstdint>
@@ -14,15 +13,11 @@ enum Namespace : int { kDropgrad = 0, kEmulated = 1, kTriton = 2 };
 void register_autograd(torch::Library& m, Namespace ns);
 void register_inplace_or_view(torch::Library& m, Namespace ns);
 
-// dropgrad_step's FuncTorchBatched kernel (csrc/batching.cpp).
+// The batching rules (FuncTorchBatched kernels) of the noisy ops (csrc/batching.cpp).
 void register_batching(torch::Library& m, Namespace ns);
 
 // Inside a backward whose forward did not run under vmap level `level` (the batching rules then
 // give every batch element the forward's one noise).
 bool regenerating_outside(int64_t level);
-
-// The randomness a noisy op follows at vmap level `level`: Same inside such a backward, else the
-// level's own; refuses "error" (vmap's default), naming op (csrc/batching.cpp).
-at::functorch::RandomnessType noise_randomness(int64_t level, const char* op);
 
 }  // namespace dg

@@ -1,12 +1,14 @@
-// dropgrad_step's batching rule for torch.func.vmap, in C++ for its cost: a meta-batch's parameter
-// lists are its biggest vmap call (a Conv-4 list is 36 tensors in, 18 out), and unwrapping,
-// rearranging and wrapping them in Python cost more than the whole per-task loop it replaces.
-// The other ops' rules are Python (dropgrad_cuda/_batching.py), one tensor or a few each.
+// The batching rules of the noisy ops for torch.func.vmap, in C++ for their cost: a Python rule
+// cost several times the eager ops it replaces under vmap (and a meta-batch's parameter list, 36
+// tensors in and 18 out for a Conv-4, more than the whole per-task loop). philox4x32_10's and
+// cuda_rng_state's rules, neither on a hot path, are Python (dropgrad_cuda/_batching.py).
 //
-// One kernel call serves the whole batch: element e's lists become lists e * rows .. of one call
-// with `batch` (csrc/ops.cpp), so element e's stream starts e spans of its call later, as vmap's
-// randomness="different" asks (docs/noise_contract.md, "Batched streams"); a call that is itself
-// a batch of lists (a nested vmap, a backward under vmap) folds its lists into the same batch.
+// Each rule makes one kernel call for the whole batch, its noise following vmap's randomness
+// (docs/noise_contract.md, "Batched streams"): with "different", element e's stream starts e
+// spans of its call later. An elementwise op runs on (batch, span) rows of its tensors (padded
+// where numel is not a multiple of 4); dropgrad_step on a batch of lists (its `batch` argument,
+// csrc/ops.cpp), into which a call that is itself a batch of lists (a nested vmap, a backward
+// under vmap) folds its own. "same" gives every element the unbatched call's noise.
 //
 // Private API: at::functorch's DynamicLayer and BatchedTensorImpl, as PyTorch's own C++ batching
 // rules use them (unchanged torch 2.11 to 2.15); torch.library.register_vmap is the public way,
@@ -14,10 +16,12 @@
 #include <ATen/ATen.h>
 #include <ATen/functorch/BatchedTensorImpl.h>
 #include <ATen/functorch/DynamicLayer.h>
+#include <ATen/core/stack.h>
 #include <c10/core/impl/LocalDispatchKeySet.h>
 #include <torch/library.h>
 
 #include <algorithm>
+#include <string>
 #include <vector>
 
 #include "autograd.h"
@@ -25,7 +29,10 @@
 #include "op_handles.h"
 
 namespace dg {
+namespace {
 
+// The randomness a noisy op follows at vmap level `level`: Same inside a backward whose forward
+// did not run under it, else the level's own; refuses "error" (vmap's default), naming op.
 at::functorch::RandomnessType noise_randomness(int64_t level, const char* op) {
   using at::functorch::RandomnessType;
   if (regenerating_outside(level)) return RandomnessType::Same;  // a backward outside its forward's vmap
@@ -40,10 +47,19 @@ at::functorch::RandomnessType noise_randomness(int64_t level, const char* op) {
   return randomness;
 }
 
-namespace {
+// t with its batch dimension at `level` first (*batched set), or t expanded to the batch.
+Tensor front(const Tensor& t, int64_t level, int64_t size, bool& batched) {
+  const auto* impl = at::functorch::maybeGetBatchedImpl(t);
+  if (impl != nullptr && impl->level() == level) {
+    batched = true;
+    return impl->bdim() == 0 ? impl->value() : impl->value().movedim(impl->bdim(), 0);
+  }
+  std::vector<int64_t> shape{size};
+  shape.insert(shape.end(), t.sizes().begin(), t.sizes().end());
+  return t.expand(shape);
+}
 
-// A list's tensors at one vmap level: each batched one's value with its batch dimension first,
-// each other one expanded to the batch.
+// A list's tensors at one vmap level, each brought to the front by front().
 struct Unwrapped {
   std::vector<Tensor> fronts;
   std::vector<bool> batched;
@@ -51,17 +67,10 @@ struct Unwrapped {
 
   Unwrapped(at::TensorList ts, int64_t level, int64_t size) {
     for (const Tensor& t : ts) {
-      const auto* impl = at::functorch::maybeGetBatchedImpl(t);
-      const bool here = impl != nullptr && impl->level() == level;
+      bool here = false;
+      fronts.push_back(front(t, level, size, here));
       batched.push_back(here);
       any = any || here;
-      if (here) {
-        fronts.push_back(impl->bdim() == 0 ? impl->value() : impl->value().movedim(impl->bdim(), 0));
-      } else {
-        std::vector<int64_t> shape{size};
-        shape.insert(shape.end(), t.sizes().begin(), t.sizes().end());
-        fronts.push_back(t.expand(shape));
-      }
     }
   }
 };
@@ -130,13 +139,102 @@ std::vector<Tensor> dropgrad_step_batched(at::TensorList params, at::TensorList 
   return outs;
 }
 
+// The elementwise ops (noise, drop_grad, dropgrad_update, meta_dropout and its two backwards),
+// boxed: their tensors come first in the schema and share one shape, rng_state is never batched,
+// and whether a call draws noise is read from its p and mode, or its deterministic flag.
+template <Namespace N>
+void elementwise_batched(const c10::OperatorHandle& handle, torch::jit::Stack* stack) {
+  const auto& args = handle.schema().arguments();
+  const std::string& qualified = handle.schema().name();
+  const std::string name = qualified.substr(qualified.find("::") + 2);
+  const size_t nargs = args.size();
+  auto arg = [&](const char* key) -> c10::IValue& {
+    for (size_t i = 0; i < nargs; ++i) {
+      if (args[i].name() == key) return (*stack)[stack->size() - nargs + i];
+    }
+    TORCH_INTERNAL_ASSERT(false, qualified, " has no argument ", key);
+  };
+  if (name == "dropgrad_update" && !arg("lr_tensor").isNone()) {
+    // A tensor lr: dropgrad_step of one-tensor lists at this same level (its rule above): its
+    // batched streams are exactly these, one launch serves any numel, and a batched 0-d lr stays
+    // a per-element scalar.
+    auto outs = op<N, StepOp>().call({arg("param").toTensor()}, {arg("grad").toTensor()}, {arg("lr_tensor").toTensor()},
+                                      arg("lr").toDouble(), arg("p").toDouble(), arg("mode").toInt(),
+                                      arg("seed").toInt(), arg("offset").toInt(), arg("rng_state").isNone() ? OptTensor() : OptTensor(arg("rng_state").toTensor()),
+                                      0);
+    torch::jit::drop(*stack, nargs);
+    torch::jit::push(*stack, std::move(outs[0]));
+    return;
+  }
+  const c10::impl::ExcludeDispatchKeyGuard guard(c10::DispatchKey::FuncTorchBatched);
+  const auto layer = at::functorch::maybeCurrentDynamicLayer();
+  TORCH_INTERNAL_ASSERT(layer.has_value(), name, "'s batching rule ran outside vmap");
+  const int64_t level = layer->layerId(), size = layer->batchSize().guard_int(__FILE__, __LINE__);
+  std::vector<size_t> where;  // the positions of the tensor arguments the batch runs over
+  std::vector<Tensor> fronts;
+  bool any = false;
+  for (size_t i = 0; i < nargs; ++i) {
+    c10::IValue& v = (*stack)[stack->size() - nargs + i];
+    if (!v.isTensor() || args[i].name() == "rng_state") continue;
+    where.push_back(i);
+    fronts.push_back(front(v.toTensor(), level, size, any));
+  }
+  if (!any) return handle.callBoxed(stack);  // nothing batched at this level: the op itself, one level down
+  const bool noisy = [&] {
+    for (const auto& a : args) {
+      if (a.name() == "deterministic") return !arg("deterministic").toBool();
+    }
+    const int64_t mode = arg("mode").toInt();
+    return mode == kNormal || (mode != kNone && arg("p").toDouble() > 0);  // as dg::make_stream
+  }();
+  const size_t nret = handle.schema().returns().size();
+  std::vector<Tensor> outs(nret);
+  std::vector<c10::IValue> call(stack->end() - nargs, stack->end());
+  torch::jit::drop(*stack, nargs);
+  if (noisy && noise_randomness(level, name.c_str()) == at::functorch::RandomnessType::Same) {
+    std::vector<std::vector<Tensor>> per(nret);  // every element the unbatched call's noise
+    for (int64_t e = 0; e < size; ++e) {
+      torch::jit::Stack s = call;
+      for (size_t j = 0; j < where.size(); ++j) s[where[j]] = fronts[j].select(0, e);
+      handle.callBoxed(&s);
+      for (size_t r = 0; r < nret; ++r) per[r].push_back(s[r].toTensor());
+    }
+    for (size_t r = 0; r < nret; ++r) outs[r] = at::stack(per[r]);
+  } else {  // one call on (size, span) rows: row e's stream starts at offset + e * span
+    // Rows padded where numel is not a multiple of 4, out of place (the tensors may be batched at
+    // an outer level); element e's output is the first numel of its row.
+    const auto shape = fronts[0].sizes();
+    const int64_t n = c10::multiply_integers(shape.begin() + 1, shape.end()), width = span(n);
+    torch::jit::Stack s = call;
+    for (size_t j = 0; j < where.size(); ++j) {
+      const Tensor rows = fronts[j].reshape({size, n});
+      s[where[j]] = width == n ? rows : at::constant_pad_nd(rows, {0, width - n});
+    }
+    handle.callBoxed(&s);
+    for (size_t r = 0; r < nret; ++r) {
+      const Tensor o = s[r].toTensor();
+      outs[r] = (width == n ? o : o.narrow(1, 0, n)).view(shape);
+    }
+  }
+  for (Tensor& o : outs) torch::jit::push(*stack, at::functorch::makeBatched(std::move(o), 0, level));
+}
+
+template <Namespace N>
+void batching_kernels(torch::Library& m) {
+  m.impl("dropgrad_step", TORCH_FN(dropgrad_step_batched<N>));
+  for (const char* op : {"noise", "drop_grad", "dropgrad_update", "meta_dropout", "meta_dropout_backward",
+                         "meta_dropout_double_backward"}) {
+    m.impl(op, torch::CppFunction::makeFromBoxedFunction<&elementwise_batched<N>>());
+  }
+}
+
 }  // namespace
 
 void register_batching(torch::Library& m, Namespace ns) {
   switch (ns) {
-    case kDropgrad: return m.impl("dropgrad_step", TORCH_FN(dropgrad_step_batched<kDropgrad>)), void();
-    case kEmulated: return m.impl("dropgrad_step", TORCH_FN(dropgrad_step_batched<kEmulated>)), void();
-    case kTriton: return m.impl("dropgrad_step", TORCH_FN(dropgrad_step_batched<kTriton>)), void();
+    case kDropgrad: return batching_kernels<kDropgrad>(m);
+    case kEmulated: return batching_kernels<kEmulated>(m);
+    case kTriton: return batching_kernels<kTriton>(m);
   }
 }
 

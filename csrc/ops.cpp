@@ -1,7 +1,7 @@
 // Schemas of the dropgrad:: ops, written once (define_ops; the emulated CUDA kernels register the
 // same ops as dropgrad_emulated::); kernels register per dispatch key in csrc/cpu and csrc/cuda,
-// autograd in csrc/autograd.cpp, fake (meta) implementations and batching rules in
-// dropgrad_cuda/_autograd.py and _batching.py.
+// autograd in csrc/autograd.cpp, batching rules in csrc/batching.cpp (philox4x32_10's and
+// cuda_rng_state's in dropgrad_cuda/_batching.py), fake (meta) implementations in _autograd.py.
 // mode: 0 none, 1 bernoulli, 2 gaussian, 3 normal (raw N(0,1), the meta-dropout epsilon).
 // rng_state: an int64 tensor [seed, offset] on the op's device that, when given, replaces the
 // seed argument and adds its offset to the offset argument, read when the kernel runs;
@@ -30,25 +30,8 @@ PyObject* draw_seed(PyObject*, PyObject*) {
   return PyLong_FromUnsignedLongLong(r % ((uint64_t(1) << 63) - 1));
 }
 
-// _C.noise_randomness(level, op): "same" or "different", for the batching rules of
-// dropgrad_cuda/_batching.py (dg::noise_randomness, whose refusal it raises as RuntimeError).
-PyObject* noise_randomness(PyObject*, PyObject* args) {
-  long long level;
-  const char* op;
-  if (!PyArg_ParseTuple(args, "Ls", &level, &op)) return nullptr;
-  try {
-    const bool same = dg::noise_randomness(level, op) == at::functorch::RandomnessType::Same;
-    return PyUnicode_FromString(same ? "same" : "different");
-  } catch (const c10::Error& e) {
-    PyErr_SetString(PyExc_RuntimeError, e.what_without_backtrace());
-    return nullptr;
-  }
-}
-
 PyMethodDef methods[] = {
     {"draw_seed", draw_seed, METH_NOARGS, "A seed from torch's default generator, as torch.randint(0, 2**63 - 1, ())."},
-    {"noise_randomness", noise_randomness, METH_VARARGS,
-     "The randomness ('same' or 'different') a noisy op follows at this vmap level."},
     {nullptr, nullptr, 0, nullptr}};
 }  // namespace
 

@@ -1,6 +1,7 @@
-"""Fake (meta) implementations and batching rules of the ops, registered once for any namespace of
-kernels. Their autograd is C++ (csrc/autograd.cpp): every backward calls the same namespace's ops,
-so backward regenerates the noise from (seed, offset) and is itself differentiable.
+"""Fake (meta) implementations of the ops (and the two Python batching rules of _batching.py),
+registered once for any namespace of kernels. Their autograd is C++ (csrc/autograd.cpp): every
+backward calls the same namespace's ops, so backward regenerates the noise from (seed, offset) and
+is itself differentiable; so are the other batching rules (csrc/batching.cpp).
 """
 import torch
 
