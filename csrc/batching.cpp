@@ -5,10 +5,11 @@
 //
 // Each rule makes one kernel call for the whole batch, its noise following vmap's randomness
 // (docs/noise_contract.md, "Batched streams"): with "different", element e's stream starts e
-// spans of its call later. An elementwise op runs on (batch, span) rows of its tensors (padded
-// where numel is not a multiple of 4); dropgrad_step on a batch of lists (its `batch` argument,
+// spans of its call later. dropgrad_step runs on a batch of lists (its `batch` argument,
 // csrc/ops.cpp), into which a call that is itself a batch of lists (a nested vmap, a backward
-// under vmap) folds its own. "same" gives every element the unbatched call's noise.
+// under vmap) folds its own; dropgrad_update as a batch of one-tensor lists; the other
+// elementwise ops on (batch, span) rows of their tensors (padded where numel is not a multiple
+// of 4). "same" gives every element the unbatched call's noise.
 //
 // Private API: at::functorch's DynamicLayer and BatchedTensorImpl, as PyTorch's own C++ batching
 // rules use them (unchanged torch 2.11 to 2.15); torch.library.register_vmap is the public way,
@@ -140,8 +141,8 @@ std::vector<Tensor> dropgrad_step_batched(at::TensorList params, at::TensorList 
 }
 
 // The elementwise ops (noise, drop_grad, dropgrad_update, meta_dropout and its two backwards),
-// boxed: their tensors come first in the schema and share one shape, rng_state is never batched,
-// and whether a call draws noise is read from its p and mode, or its deterministic flag.
+// boxed: their tensors share one shape, rng_state is never batched, and whether a call draws
+// noise is read from its p and mode, or its deterministic flag.
 template <Namespace N>
 void elementwise_batched(const c10::OperatorHandle& handle, torch::jit::Stack* stack) {
   const auto& args = handle.schema().arguments();
@@ -154,14 +155,16 @@ void elementwise_batched(const c10::OperatorHandle& handle, torch::jit::Stack* s
     }
     TORCH_INTERNAL_ASSERT(false, qualified, " has no argument ", key);
   };
-  if (name == "dropgrad_update" && !arg("lr_tensor").isNone()) {
-    // A tensor lr: dropgrad_step of one-tensor lists at this same level (its rule above): its
-    // batched streams are exactly these, one launch serves any numel, and a batched 0-d lr stays
-    // a per-element scalar.
-    auto outs = op<N, StepOp>().call({arg("param").toTensor()}, {arg("grad").toTensor()}, {arg("lr_tensor").toTensor()},
-                                      arg("lr").toDouble(), arg("p").toDouble(), arg("mode").toInt(),
-                                      arg("seed").toInt(), arg("offset").toInt(), arg("rng_state").isNone() ? OptTensor() : OptTensor(arg("rng_state").toTensor()),
-                                      0);
+  if (name == "dropgrad_update") {
+    // dropgrad_step of one-tensor lists at this same level (its rule above): its batched streams
+    // are exactly these, with no padded rows (each list's row is an entry of its own), and a
+    // batched 0-d lr stays a per-element scalar.
+    const c10::IValue& lr_tensor = arg("lr_tensor");
+    auto outs = op<N, StepOp>().call(
+        {arg("param").toTensor()}, {arg("grad").toTensor()},
+        lr_tensor.isNone() ? std::vector<Tensor>{} : std::vector<Tensor>{lr_tensor.toTensor()}, arg("lr").toDouble(),
+        arg("p").toDouble(), arg("mode").toInt(), arg("seed").toInt(), arg("offset").toInt(),
+        arg("rng_state").isNone() ? OptTensor() : OptTensor(arg("rng_state").toTensor()), 0);
     torch::jit::drop(*stack, nargs);
     torch::jit::push(*stack, std::move(outs[0]));
     return;
