@@ -126,6 +126,7 @@ def main(argv=None):
     ap.add_argument("-k", default=None, help="only the op benchmarks whose id matches this pytest -k expression")
     ap.add_argument("--no-e2e", action="store_true", help="skip the meta-iteration and memory section")
     args = ap.parse_args(argv)
+    source = provenance()  # before anything is measured or written
     if args.full:
         os.environ["DROPGRAD_BENCH_FULL"] = "1"
     os.makedirs(RESULTS, exist_ok=True)
@@ -249,23 +250,27 @@ def main(argv=None):
     plot(rows, os.path.join(RESULTS, "time_vs_size.png"))
     if not args.k:  # a whole run refreshes the committed copy: docs/benchmarks.md and its plot
         with open(os.path.join(ROOT, "docs", "benchmarks.md"), "w") as fh:
-            fh.write(docs_page(text, report["machine"]))
+            fh.write(docs_page(text, report["machine"], source))
         plot(rows, os.path.join(ROOT, "docs", "time_vs_size.png"))
     print(f"\nwritten: {RESULTS}/report.md, report.json, ops.csv, benchmarks.json, time_vs_size.png"
           + ("" if args.k else "; docs/benchmarks.md, docs/time_vs_size.png"))
     return 0
 
 
-def docs_page(text, machine):
-    """docs/benchmarks.md: the report with the commit, machine and date it ran on at the top."""
+def provenance():
+    """The commit the run measures, and whether tracked files differed from it when the run began."""
     def git(*a):
         return subprocess.run(["git", *a], cwd=ROOT, capture_output=True, text=True).stdout.strip()
 
     commit = git("rev-parse", "--short", "HEAD") or "?"
-    dirty = " with uncommitted changes" if git("status", "--porcelain", "--untracked-files=no") else ""
+    return commit + (" with uncommitted changes" if git("status", "--porcelain", "--untracked-files=no") else "")
+
+
+def docs_page(text, machine, source):
+    """docs/benchmarks.md: the report with the commit (provenance()), machine and date it ran on at the top."""
     when = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
     return (f"# Benchmarks: fused ops against the eager reference\n\nWritten by the main job (`bash scripts/bench.sh`, "
-            f"benchmarks/report.py) at commit {commit}{dirty}, on {machine} ({os.cpu_count()} cores, no GPU), "
+            f"benchmarks/report.py) at commit {source}, on {machine} ({os.cpu_count()} cores, no GPU), "
             f"{when}. Measured on this CPU; nothing here is a GPU figure (the GPU analysis at the end is "
             f"predicted). Each rerun of the main job rewrites this page.\n\n{text}\n\n"
             "![time vs size](time_vs_size.png)\n")
