@@ -225,9 +225,9 @@ void elementwise_batched(const c10::OperatorHandle& handle, torch::jit::Stack* s
 template <Namespace N>
 void batching_kernels(torch::Library& m) {
   m.impl("dropgrad_step", TORCH_FN(dropgrad_step_batched<N>));
-  for (const char* op : {"noise", "drop_grad", "dropgrad_update", "meta_dropout", "meta_dropout_backward",
-                         "meta_dropout_double_backward"}) {
-    m.impl(op, torch::CppFunction::makeFromBoxedFunction<&elementwise_batched<N>>());
+  for (const char* name : {"noise", "drop_grad", "dropgrad_update", "meta_dropout", "meta_dropout_backward",
+                           "meta_dropout_double_backward"}) {
+    m.impl(name, torch::CppFunction::makeFromBoxedFunction<&elementwise_batched<N>>());
   }
 }
 
