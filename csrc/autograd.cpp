@@ -450,19 +450,11 @@ void autograd_kernels(torch::Library& m) {
 }  // namespace
 
 void register_autograd(torch::Library& m, Namespace ns) {
-  switch (ns) {
-    case kDropgrad: return autograd_kernels<kDropgrad>(m);
-    case kEmulated: return autograd_kernels<kEmulated>(m);
-    case kTriton: return autograd_kernels<kTriton>(m);
-  }
+  for_namespace(ns, [&](auto n) { autograd_kernels<decltype(n)::value>(m); });
 }
 
 void register_inplace_or_view(torch::Library& m, Namespace ns) {
-  switch (ns) {
-    case kDropgrad: return m.impl("dropgrad_step_", TORCH_FN(dropgrad_step_version<kDropgrad>)), void();
-    case kEmulated: return m.impl("dropgrad_step_", TORCH_FN(dropgrad_step_version<kEmulated>)), void();
-    case kTriton: return m.impl("dropgrad_step_", TORCH_FN(dropgrad_step_version<kTriton>)), void();
-  }
+  for_namespace(ns, [&](auto n) { m.impl("dropgrad_step_", TORCH_FN(dropgrad_step_version<decltype(n)::value>)); });
 }
 
 bool regenerating_outside(int64_t level) {

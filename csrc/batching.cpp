@@ -234,11 +234,7 @@ void batching_kernels(torch::Library& m) {
 }  // namespace
 
 void register_batching(torch::Library& m, Namespace ns) {
-  switch (ns) {
-    case kDropgrad: return batching_kernels<kDropgrad>(m);
-    case kEmulated: return batching_kernels<kEmulated>(m);
-    case kTriton: return batching_kernels<kTriton>(m);
-  }
+  for_namespace(ns, [&](auto n) { batching_kernels<decltype(n)::value>(m); });
 }
 
 }  // namespace dg

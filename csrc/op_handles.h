@@ -8,6 +8,7 @@
 #include <optional>
 #include <string>
 #include <tuple>
+#include <type_traits>
 #include <vector>
 
 #include "autograd.h"
@@ -63,6 +64,17 @@ const c10::TypedOperatorHandle<typename Op::Sig>& op() {
                                  .findSchemaOrThrow((std::string(kNamespaces[N]) + "::" + Op::name).c_str(), "")
                                  .template typed<typename Op::Sig>();
   return handle;
+}
+
+// f(std::integral_constant<Namespace, N>) for the namespace ns named at run time: the one switch
+// from a library's namespace to the templates instantiated for it.
+template <class F>
+void for_namespace(Namespace ns, F&& f) {
+  switch (ns) {
+    case kDropgrad: return f(std::integral_constant<Namespace, kDropgrad>{});
+    case kEmulated: return f(std::integral_constant<Namespace, kEmulated>{});
+    case kTriton: return f(std::integral_constant<Namespace, kTriton>{});
+  }
 }
 
 }  // namespace dg
