@@ -14,6 +14,7 @@
 #include <mutex>
 
 #include "autograd.h"
+#include "dropgrad_math.h"
 #include "ops.h"
 
 namespace {
@@ -73,6 +74,18 @@ void dg::define_ops(torch::Library& m) {
   m.def(
       "meta_dropout_double_backward(Tensor grad_grad_f, Tensor grad_grad_a, Tensor grad_out, Tensor f, Tensor a, "
       "bool deterministic, int seed, int offset, Tensor? rng_state=None) -> (Tensor, Tensor, Tensor)");
+}
+
+int64_t dg::batch_list_span(at::TensorList params, int64_t batch) {
+  TORCH_CHECK(batch >= 0, "batch must be non-negative, got ", batch);
+  if (batch == 0) return 0;
+  int64_t list_span = 0;
+  for (size_t k = 0; k < params.size(); ++k) {
+    TORCH_CHECK(params[k].dim() > 0 && params[k].size(0) == batch, "params[", k, "] must have the batch of ", batch,
+                " lists along dim 0");
+    list_span += span(params[k].numel() / batch);
+  }
+  return list_span;
 }
 
 TORCH_LIBRARY(dropgrad, m) {

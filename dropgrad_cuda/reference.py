@@ -233,4 +233,3 @@ def meta_dropout_backward(grad_out, f, a, *, deterministic=False, seed, offset=0
     g, fc = grad_out.to(c), f.to(c)
     s = torch.where(z > 20, 1.0, torch.sigmoid(z))
     return (g * F.softplus(z)).to(f.dtype), ((g * fc) * s).to(f.dtype)
-

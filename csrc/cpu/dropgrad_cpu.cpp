@@ -16,6 +16,7 @@
 #include <vector>
 
 #include "../dropgrad_math.h"
+#include "../ops.h"
 
 namespace {
 
@@ -429,8 +430,9 @@ at::Tensor dropgrad_update_cpu(const at::Tensor& param, const at::Tensor& grad,
   return out;
 }
 
-// One tensor of a step (one list's row of it in a batch), its dtype resolved before the parallel region: AT_DISPATCH inside the
-// per-block loop cost more than the noise on small lists (Conv-4) and kept them from scaling.
+// One tensor of a step (in a batch, one list's row of it), its dtype resolved before the parallel
+// region: AT_DISPATCH inside the per-block loop cost more than the noise on small lists (Conv-4)
+// and kept them from scaling.
 // In place (dropgrad_step_), out is the param itself.
 struct StepItem {
   const void* param;
@@ -469,18 +471,11 @@ void step_cpu(at::TensorList params, at::TensorList grads, at::TensorList lrs, d
   const size_t nt = params.size();
   TORCH_CHECK(grads.size() == nt, "params and grads must have the same length");
   TORCH_CHECK(lrs.empty() || lrs.size() == nt, "lrs must be empty or have one entry per param");
-  TORCH_CHECK(batch >= 0, "batch must be non-negative, got ", batch);
-  const int64_t rows = std::max<int64_t>(batch, 1);
+  const int64_t list_span = dg::batch_list_span(params, batch), rows = std::max<int64_t>(batch, 1);
   std::vector<at::Tensor> keep;  // contiguous copies and lr arrays, alive until the end
   std::vector<StepItem> items(nt * rows);
   std::vector<int64_t> first_block(nt * rows + 1, 0);
   outs.resize(nt);
-  int64_t list_span = 0;
-  for (size_t k = 0; k < nt; ++k) {
-    TORCH_CHECK(batch == 0 || (params[k].dim() > 0 && params[k].size(0) == batch), "params[", k,
-                "] must have the batch of ", batch, " lists along dim 0");
-    list_span += dg::span(params[k].numel() / rows);
-  }
   int64_t start = offset;
   for (size_t k = 0; k < nt; ++k) {
     check_floating(params[k], "params");

@@ -9,6 +9,7 @@
 #include <tuple>
 #include <vector>
 
+#include "../ops.h"
 #include "launchers.h"
 
 namespace dg_cuda {
@@ -137,16 +138,9 @@ std::vector<at::Tensor> step(at::TensorList params, at::TensorList grads, at::Te
                              const OptTensor& rng_state, int64_t batch, bool in_place) {
   const size_t nt = params.size();
   TORCH_CHECK(grads.size() == nt && (lrs.empty() || lrs.size() == nt), "params, grads and lrs must match in length");
-  TORCH_CHECK(batch >= 0, "batch must be non-negative, got ", batch);
-  const int64_t rows = std::max<int64_t>(batch, 1);
+  const int64_t list_span = dg::batch_list_span(params, batch), rows = std::max<int64_t>(batch, 1);
   std::vector<at::Tensor> ws(nt), gs(nt), outs(nt), keep(nt);
   std::vector<StepTensor> by_dtype[4];
-  int64_t list_span = 0;
-  for (size_t k = 0; k < nt; ++k) {
-    TORCH_CHECK(batch == 0 || (params[k].dim() > 0 && params[k].size(0) == batch), "params[", k,
-                "] must have the batch of ", batch, " lists along dim 0");
-    list_span += dg::span(params[k].numel() / rows);
-  }
   int64_t q = offset / 4;
   for (size_t k = 0; k < nt; ++k) {
     check<D>(params[k], "params");
