@@ -13,28 +13,18 @@ import statistics
 
 import torch
 import torch.nn.functional as F
-from torch.func import vmap
 
 import dropgrad_cuda as dg
 
 from .interleave import interleaved, ratio_interval
-from .models import P, SIGMA, conv4_shapes, tensors
+from .models import P, published_update
+from .vmap_meta_batch import conv4_variants
 
 LR, N, CALLS, ROUNDS = 0.01, 10, 2000, 15
 
 
-def _eager_update(w, g):
-    return w - LR * (g * torch.empty_like(g).normal_(1, SIGMA))
-
-
 def _eager_md(f, a):
     return f * F.softplus(a + torch.randn_like(a))
-
-
-def _loop(stacked, grads):
-    """The per-task loop with vmap's result: each parameter's new values stacked over the tasks."""
-    per = [dg.dropgrad_step([t[b] for t in stacked], [g[b] for g in grads], LR, P) for b in range(len(stacked[0]))]
-    return [torch.stack(ts) for ts in zip(*per)]
 
 
 def _md_double(fn, f, a):
@@ -51,26 +41,23 @@ def rows():
     wr, fr, ar = (t.clone().requires_grad_() for t in (w, f, a))
     small = [torch.randn(s, generator=g) * 0.1 for s in [(3,)] * 18]
     small_g = [torch.randn_like(t) for t in small]
-    stacked = [torch.stack([t] * 4) for t in tensors(conv4_shapes())]
-    stacked_g = [torch.randn_like(t) for t in stacked]
-    vfused = vmap(lambda ws, gs: dg.dropgrad_step(ws, gs, LR, P), randomness="different")
-    veager = vmap(lambda ws, gs: [_eager_update(x, y) for x, y in zip(ws, gs)], randomness="different")
+    conv4 = conv4_variants()  # the main job's vmap table's Conv-4 row, its 4 tasks and LR
     return {
         "dropgrad_update, no grad": {"fused": lambda: dg.dropgrad_update(w, gr, LR, P),
-                                     "eager": lambda: _eager_update(w, gr), "torch.add": lambda: torch.add(w, gr, alpha=-LR)},
+                                     "eager": lambda: published_update(w, gr, LR), "torch.add": lambda: torch.add(w, gr, alpha=-LR)},
         "dropgrad_update, param requires grad": {"fused": lambda: dg.dropgrad_update(wr, gr, LR, P),
-                                                 "eager": lambda: _eager_update(wr, gr)},
+                                                 "eager": lambda: published_update(wr, gr, LR)},
         "meta_dropout, no grad": {"fused": lambda: dg.meta_dropout(f, a), "eager": lambda: _eager_md(f, a)},
         "meta_dropout, requires grad": {"fused": lambda: dg.meta_dropout(fr, ar), "eager": lambda: _eager_md(fr, ar)},
         "meta_dropout forward + create_graph backward": {"fused": _md_double(dg.meta_dropout, fr, ar),
                                                          "eager": _md_double(_eager_md, fr, ar)},
         "dropgrad_step, 18 tiny tensors": {
             "fused": lambda: dg.dropgrad_step(small, small_g, LR, P),
-            "eager": lambda: [_eager_update(x, y) for x, y in zip(small, small_g)],
+            "eager": lambda: [published_update(x, y, LR) for x, y in zip(small, small_g)],
             "torch._foreach_add": lambda: torch._foreach_add(small, small_g, alpha=-LR)},
         "vmap over 4 tasks, Conv-4 list, one step": {
-            "fused": lambda: vfused(stacked, stacked_g), "eager": lambda: veager(stacked, stacked_g),
-            "loop of 4 fused calls": lambda: _loop(stacked, stacked_g)},
+            "fused": conv4["vmap, fused"], "eager": conv4["vmap, eager published"],
+            "loop of 4 fused calls": conv4["loop, fused"]},
     }
 
 

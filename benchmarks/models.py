@@ -63,9 +63,14 @@ def fused_meta_dropout_block(f, a, query):
 P, SIGMA = 0.1, (0.1 / 0.9) ** 0.5
 
 
+def published_update(w, g, lr):
+    """The published DropGrad code's update of one parameter: w - lr * (g * N(1, sigma))."""
+    return w - lr * (g * torch.empty_like(g).normal_(1, SIGMA))
+
+
 def published_dropgrad_step(params, grads, lr):
     """The published DropGrad code's inner update: Gaussian noise per parameter in a Python loop."""
-    return [w - lr * (g * torch.empty_like(g).normal_(1, SIGMA)) for w, g in zip(params, grads)]
+    return [published_update(w, g, lr) for w, g in zip(params, grads)]
 
 
 def plain_step(params, grads, lr):

@@ -18,13 +18,9 @@ import dropgrad_cuda as dg
 from dropgrad_cuda.integrations import func as dfunc
 
 from .interleave import interleaved, ratio_interval
-from .models import P, SIGMA, conv4_shapes, tensors
+from .models import P, conv4_shapes, published_dropgrad_step, published_update, tensors
 
 TASKS, LR = 4, 0.01
-
-
-def _eager(w, g):
-    return w - LR * (g * torch.empty_like(g).normal_(1, SIGMA))
 
 
 def conv4_variants():
@@ -36,7 +32,7 @@ def conv4_variants():
         return [torch.stack(ts) for ts in zip(*per)]
 
     fused = vmap(lambda ws, gs: dg.dropgrad_step(ws, gs, LR, P), randomness="different")
-    eager = vmap(lambda ws, gs: [_eager(w, g) for w, g in zip(ws, gs)], randomness="different")
+    eager = vmap(lambda ws, gs: published_dropgrad_step(ws, gs, LR), randomness="different")
     return {"loop, fused": loop, "vmap, fused": lambda: fused(stacked, grads),
             "vmap, eager published": lambda: eager(stacked, grads)}
 
@@ -75,7 +71,7 @@ def sinusoid_variants():
         return run
 
     fused = vmapped(lambda fast, gs: dfunc.inner_step(fast, gs, LR, P))
-    eager = vmapped(lambda fast, gs: {k: _eager(fast[k], gs[k]) for k in fast})
+    eager = vmapped(lambda fast, gs: {k: published_update(fast[k], gs[k], LR) for k in fast})
     return {"loop, fused": loop, "vmap, fused": fused, "vmap, eager published": eager}
 
 
