@@ -32,6 +32,8 @@ def backend(request):
 
 def pytest_configure(config):
     torch.set_num_threads(2)
+    if os.environ.get("DROPGRAD_TEST_NNPACK") == "0":  # scripts/test.sh's imitation of another CPU
+        torch.backends.nnpack.set_flags(False)
 
 
 def pytest_collection_modifyitems(items):

@@ -1,6 +1,7 @@
 """The end-to-end example runs every method, writes its table, JSON and plot, and trains one
 model across two processes (gloo) with different noise per process."""
 import json
+import math
 import os
 import subprocess
 import sys
@@ -88,15 +89,70 @@ def test_example_on_cuda(tmp_path):
     assert (tmp_path / "results.json").exists()
 
 
-def test_readme_short_example_table_matches_a_fresh_run():
-    """The README's short-configuration table is what the code prints now (every column but time);
+def test_readme_short_example_table_holds_on_this_machine():
+    """The README's short-configuration table against two fresh runs here: the runs agree bit for bit,
+    every row lies within the tolerance its 95% intervals give, beats a model that learned nothing,
+    and every regularizer changes training (readme's docstring says why these and not the bits).
     `python -m dropgrad_cuda.examples.readme README.md` checks the default run's table too."""
     from dropgrad_cuda.examples import readme
 
     text = open(os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "README.md")).read()
     marked = readme.tables(text)
     assert len(marked) == 2 and all(len(rows) == 12 for _, rows in marked)
-    assert readme.mismatches(text, short_only=True) == []
+    assert readme.check(text, short_only=True) == []
+
+
+def _run(task="glyphs", method="none", mean=50.0, ci=5.0, gain=30.0, curve=(2.0, 1.5)):
+    """A fresh run's result as few_shot writes it, with 20 test tasks whose scores spread around mean."""
+    scores = [mean + (-1) ** i * (i % 5) for i in range(20)]
+    gains = [gain + (i * 7 % 5) - 2 for i in range(20)]  # standard error 0.32: 2.1 of them is 0.68
+    sign = 1 if task == "glyphs" else -1
+    return dict(task=task, method=method, metric="accuracy" if task == "glyphs" else "MSE", mean=mean, ci95=ci,
+                curve=list(curve), seconds=1.0, scores=scores, trivial_scores=[s - sign * g for s, g in zip(scores, gains)],
+                higher_is_better=task == "glyphs")
+
+
+def _rows(results, moved=0.0):
+    """The README's rows for results, each mean moved by `moved` times its tolerance hypot(ci, ci)."""
+    head = [["task", "method", "meta-test", "95% CI"], ["---"] * 4]
+    return head + [[f"{r['task']} ({r['metric']})", r["method"], f"{r['mean'] + moved * math.hypot(r['ci95'], r['ci95']):.3f}",
+                    f"±{r['ci95']:.3f}"] for r in results]
+
+
+@pytest.mark.parametrize("breakage,says", [
+    ("none", None),
+    ("nondeterministic", "not deterministic"),
+    ("far from the README", "in the README"),
+    ("within the combined interval", None),
+    ("at chance", "learned nothing"),
+    ("regression at chance", "learned nothing"),
+    ("a regularizer without effect", "no effect"),
+    ("other rows", "other tasks or methods"),
+])
+def test_readme_table_check_fails_on_real_regressions(breakage, says):
+    """The check of the README's tables catches a broken training, a row at chance level, a
+    regularizer that no longer changes anything, a row that moved beyond what its intervals allow
+    and a non-deterministic run; it lets through a row that moved within them (another CPU)."""
+    from dropgrad_cuda.examples import readme
+
+    run = [_run(), _run(method="dropgrad-binary", curve=(2.0, 1.4)), _run("sinusoid", mean=3.0, ci=1.0, gain=1.0)]
+    rows, second = _rows(run), [dict(r) for r in run]
+    if breakage == "nondeterministic":
+        second[0] = dict(second[0], curve=[2.0, 1.5000001])
+    elif breakage == "far from the README":
+        rows = _rows(run, moved=1.01)
+    elif breakage == "within the combined interval":
+        rows = _rows(run, moved=0.99)
+    elif breakage == "at chance":
+        run[1] = second[1] = dict(run[1], trivial_scores=run[1]["scores"])
+    elif breakage == "regression at chance":
+        run[2] = second[2] = _run("sinusoid", mean=3.0, ci=1.0, gain=0.6)
+    elif breakage == "a regularizer without effect":
+        run[1] = second[1] = dict(run[1], curve=run[0]["curve"])
+    elif breakage == "other rows":
+        rows = rows[:3] + rows[4:] + rows[3:4]
+    found = readme.problems(rows, [run, second])
+    assert (found == []) if says is None else (found and all(says in f for f in found)), found
 
 
 def test_readme_puts_install_and_the_three_commands_first():

@@ -302,6 +302,31 @@ def test_higher_evaluation_mode_gives_the_stock_update():
 
 
 @needs_higher
+@pytest.mark.parametrize("seed", [None, 3])
+def test_higher_inner_loops_get_fresh_noise_per_task_and_step(seed):
+    """Each inner loop (task) and step gets its own noise: with an int seed from the optimizer's
+    stream (so a run reproduces), with seed=None from torch's generator (main: an int seed gave
+    every task and step the same noise)."""
+    model, (xs, ys, _, _) = net(torch.float32), task(torch.float32)
+
+    def run():
+        torch.manual_seed(1)
+        opt, fast = DropGradSGD(model.parameters(), lr=0.1, p=0.2, seed=seed), []
+        for _ in range(2):  # two tasks from the same start, two steps each
+            with higher.innerloop_ctx(model, opt, copy_initial_weights=True) as (fmodel, diffopt):
+                steps = []
+                for _ in range(2):
+                    diffopt.step(F.cross_entropy(fmodel(xs), ys))
+                    steps.append(torch.cat([w.detach().flatten() for w in fmodel.parameters()]))
+                fast.append(steps)
+        return fast
+
+    first, again = run(), run()
+    assert not torch.equal(first[0][0], first[1][0])  # another task's first step: other noise
+    assert all(torch.equal(a, b) for x, y in zip(first, again) for a, b in zip(x, y))  # one run per seed
+
+
+@needs_higher
 def test_query_pass_on_the_users_model_reaches_highers_fmodel():
     from dropgrad_cuda import nn as dnn
     torch.manual_seed(0)
@@ -346,9 +371,9 @@ def test_dropgrad_sgd_noise_enters_sgds_own_rule(options):
     wd, sign = options.get("weight_decay", 0.0), -1 if options.get("maximize") else 1
     plain = {k: v for k, v in options.items() if k not in ("weight_decay", "maximize")}
     stock, ours = torch.optim.SGD([w1], lr=0.1, **plain), DropGradSGD([w2], lr=0.1, p=0.2, seed=5, **options)
-    for _ in range(2):
+    for step in range(2):  # the optimizer's stream reads on: step k's noise starts k spans in
         g = torch.randn(1000)
-        w1.grad = dg.drop_grad(sign * g + wd * w1.detach(), 0.2, seed=5)
+        w1.grad = dg.drop_grad(sign * g + wd * w1.detach(), 0.2, seed=5, offset=1000 * step)
         w2.grad = g
         stock.step()
         ours.step()
@@ -409,14 +434,16 @@ def test_dropgrad_sgd_copies_pickles_and_saves_like_torch_sgd(tmp_path):
         assert other.param_groups[-1]["p"] == 0.15 and other.param_groups[-1]["mode"] == "bernoulli"
 
 
-def test_dropgrad_sgd_refuses_a_parameter_listed_twice():
-    """torch.optim only warns about a duplicate parameter; the fused in-place step would apply two
-    noisy updates to one tensor in an order each backend defines differently, so it refuses."""
-    w = torch.randn(10, requires_grad=True)
-    w.grad = torch.randn(10)
-    before = w.detach().clone()
-    with pytest.warns(UserWarning, match="duplicate"):
-        opt = DropGradSGD([w, w], lr=0.1, p=0.2)
-    with pytest.raises(ValueError, match=r"params\[1\] overlaps params\[0\]"):
-        opt.step()
-    assert torch.equal(w.detach(), before)  # refused before anything was written
+@pytest.mark.parametrize("momentum", [0.0, 0.9])
+@pytest.mark.parametrize("p", [0.0, 0.2])
+def test_dropgrad_sgd_refuses_a_parameter_listed_twice(momentum, p):
+    """torch.optim only warns about a duplicate parameter and steps it twice; DropGradSGD refuses it
+    when the group is added, on every path (main: refused only by the fused step without momentum;
+    with momentum the parameter was silently updated twice)."""
+    w, v = torch.randn(10, requires_grad=True), torch.randn(3, requires_grad=True)
+    with pytest.raises(ValueError, match=r"params\[2\] is params\[0\]"):
+        DropGradSGD([w, v, w], lr=0.1, p=p, momentum=momentum)
+    opt = DropGradSGD([v], lr=0.1, p=p, momentum=momentum)
+    with pytest.raises(ValueError, match=r"params\[1\] is params\[0\]"):
+        opt.add_param_group({"params": [w, w]})
+    assert len(opt.param_groups) == 1

@@ -195,8 +195,10 @@ def vmap_meta_loss(model, method, task, batch, args, settings):
 
 
 def meta_test(model, method, task, args, settings, generator):
-    """Mean and 95% CI half-width of the meta-test metric over args.test_tasks new tasks."""
-    scores = []
+    """Mean and 95% CI half-width of the meta-test metric over args.test_tasks new tasks, with the
+    per-task scores and, on the same tasks, those of a model that learned nothing (chance for
+    classification; predicting 0, the untrained net's output scale, for regression)."""
+    scores, trivial = [], []
     for _ in range(args.test_tasks):
         xs, ys, xq, yq = (t.to(args.device) for t in task.sample(generator, "test"))
         with torch.enable_grad():
@@ -204,10 +206,14 @@ def meta_test(model, method, task, args, settings, generator):
                          training=False, first_order=True, mc_samples=args.mc_test_samples)
         with torch.no_grad(), dnn.query_pass(model):
             out = functional_call(model, {k: v.detach() for k, v in fast.items()}, (xq,))
-        scores.append(F.mse_loss(out, yq).item() if task.name == "sinusoid"
-                      else (out.argmax(1) == yq).float().mean().item() * 100)
+        if task.name == "sinusoid":
+            scores.append(F.mse_loss(out, yq).item())
+            trivial.append(F.mse_loss(torch.zeros_like(yq), yq).item())
+        else:
+            scores.append((out.argmax(1) == yq).float().mean().item() * 100)
+            trivial.append(100 / out.shape[1])
     s = torch.tensor(scores, dtype=torch.float64)
-    return s.mean().item(), 1.96 * s.std().item() / math.sqrt(len(s))
+    return s.mean().item(), 1.96 * s.std().item() / math.sqrt(len(s)), scores, trivial
 
 
 def all_reduce_grads(model, world):
@@ -250,11 +256,13 @@ def train(task_name, method, args, rank, world):
     if method == "cml":
         dnn.drop_co_learner(model)  # the co-learner is for meta-training only
     # Every process holds the same model: the meta-test runs once, on rank 0.
-    mean, ci = meta_test(model, method, task, args, settings, torch.Generator().manual_seed(args.seed + 99)) \
-        if rank == 0 else (float("nan"), float("nan"))
+    mean, ci, scores, trivial = meta_test(model, method, task, args, settings,
+                                          torch.Generator().manual_seed(args.seed + 99)) \
+        if rank == 0 else (float("nan"), float("nan"), [], [])
     checksum = sum(p.detach().double().sum().item() for p in model.parameters())
     return dict(task=task_name, method=method, metric=task.metric, mean=mean, ci95=ci, curve=curve,
-                seconds=seconds, iterations=iterations, param_checksum=checksum, noise_seed=torch.initial_seed())
+                seconds=seconds, iterations=iterations, param_checksum=checksum, noise_seed=torch.initial_seed(),
+                scores=scores, trivial_scores=trivial, higher_is_better=task.higher_is_better)
 
 
 def _progress(total, label, show):
