@@ -18,6 +18,7 @@
 
 #include <algorithm>
 #include <memory>
+#include <numeric>
 #include <string>
 #include <type_traits>
 
@@ -50,6 +51,27 @@ struct Regenerating {
   }
   ~Regenerating() { regenerating_levels = before; }
 };
+
+// ---- memory layouts: an op's noise follows memory position in its output's layout
+// (docs/noise_contract.md). A node keeps that layout as its dims from outermost to innermost
+// (empty: contiguous) and reads cotangents and saved grads in it, so backward regenerates each
+// element's own noise whatever layout autograd hands it. permute and contiguous are out of place,
+// so this runs at every torch.func level; a tensor already in the layout is not copied.
+std::vector<int64_t> dim_order(const Tensor& out) {
+  if (out.is_contiguous()) return {};
+  std::vector<int64_t> order(out.dim());
+  std::iota(order.begin(), order.end(), 0);
+  const auto strides = out.strides();
+  std::stable_sort(order.begin(), order.end(), [&](int64_t a, int64_t b) { return strides[a] > strides[b]; });
+  return order;
+}
+
+Tensor in_order(const Tensor& t, const std::vector<int64_t>& order) {
+  if (order.empty()) return t.contiguous();
+  std::vector<int64_t> inverse(order.size());
+  for (size_t i = 0; i < order.size(); ++i) inverse[order[i]] = static_cast<int64_t>(i);
+  return t.permute(order).contiguous().permute(inverse);
+}
 
 // What every node keeps: the stream, the vmap levels of its forward, and saved tensors.
 struct StreamNode : torch::autograd::Node {
@@ -96,10 +118,13 @@ template <Namespace N>
 struct DropGradBackward : StreamNode {
   double p = 0;
   int64_t mode = 0;
+  std::vector<int64_t> order;  // the forward output's layout
   variable_list apply(variable_list&& g) override {
     const Regenerating r(levels);
     variable_list out(1);
-    if (g[0].defined() && should_compute_output(0)) out[0] = op<N, DropGradOp>().call(g[0], p, mode, seed, offset, rng());
+    if (g[0].defined() && should_compute_output(0)) {
+      out[0] = op<N, DropGradOp>().call(in_order(g[0], order), p, mode, seed, offset, rng());
+    }
     return out;
   }
   std::string name() const override { return "DropGradBackward"; }
@@ -116,6 +141,7 @@ Tensor drop_grad(c10::DispatchKeySet ks, const Tensor& grad, double p, int64_t m
   if (torch::autograd::compute_requires_grad(grad)) {
     auto node = make_node<DropGradBackward<N>>(torch::autograd::collect_next_edges(grad));
     node->p = p, node->mode = mode, node->seed = seed, node->offset = offset, node->rng_state = save(rng_state);
+    node->order = dim_order(out);
     torch::autograd::set_history(out, node);
   }
   return out;
@@ -130,15 +156,16 @@ struct UpdateGrads {
 template <Namespace N>
 UpdateGrads update_grads(const Tensor& gout, const Tensor& grad, const Tensor& lr_tensor, double lr, double p,
                          int64_t mode, int64_t seed, int64_t offset, const OptTensor& rng, bool need_param,
-                         bool need_grad, bool need_lr) {
+                         bool need_grad, bool need_lr, const std::vector<int64_t>& order) {
   UpdateGrads d;
   if (need_param) d.param = gout;
   if (need_grad) {
-    const Tensor n_gout = op<N, DropGradOp>().call(gout, p, mode, seed, offset, rng);
+    const Tensor n_gout = op<N, DropGradOp>().call(in_order(gout, order), p, mode, seed, offset, rng);
     d.grad = lr_tensor.defined() ? n_gout * lr_tensor.neg() : n_gout * -lr;
   }
   if (need_lr && lr_tensor.defined()) {
-    d.lr = reduce_like((op<N, DropGradOp>().call(grad, p, mode, seed, offset, rng) * gout).neg(), lr_tensor);
+    d.lr = reduce_like((op<N, DropGradOp>().call(in_order(grad, order), p, mode, seed, offset, rng) * gout).neg(),
+                       lr_tensor);
   }
   return d;
 }
@@ -148,12 +175,13 @@ struct UpdateBackward : StreamNode {
   double lr = 0, p = 0;
   int64_t mode = 0;
   SavedVariable grad, lr_tensor;  // grad only when the lr gradient needs it
+  std::vector<int64_t> order;     // the forward output's layout
   variable_list apply(variable_list&& g) override {
     const Regenerating r(levels);
     variable_list out(3);
     if (!g[0].defined()) return out;
     const auto d = update_grads<N>(g[0], grad.unpack(), lr_tensor.unpack(), lr, p, mode, seed, offset, rng(),
-                                   should_compute_output(0), should_compute_output(1), should_compute_output(2));
+                                   should_compute_output(0), should_compute_output(1), should_compute_output(2), order);
     out[0] = d.param, out[1] = d.grad, out[2] = d.lr;
     return out;
   }
@@ -181,6 +209,7 @@ Tensor dropgrad_update(c10::DispatchKeySet ks, const Tensor& param, const Tensor
     node->rng_state = save(rng_state);
     node->lr_tensor = SavedVariable(lr_t, false);
     if (lr_t.defined() && lr_t.requires_grad()) node->grad = SavedVariable(grad, false);
+    node->order = dim_order(out);
     torch::autograd::set_history(out, node);
   }
   return out;
@@ -197,11 +226,15 @@ struct StepBackward : StreamNode {
   std::vector<std::vector<c10::SymInt>> sizes;  // symbolic under torch.compile's dynamic shapes
   std::vector<at::TensorOptions> options;
   std::vector<SavedVariable> grads, lrs;  // grads only when an lr gradient needs them; lrs when given
+  std::vector<std::vector<int64_t>> orders;  // the forward outputs' layouts
 
   std::vector<Tensor> noisy(const std::vector<Tensor>& vs, const OptTensor& state) {
-    std::vector<Tensor> zeros;
-    for (const Tensor& v : vs) zeros.push_back(at::zeros_like(v));
-    return op<N, StepOp>().call(zeros, vs, {}, -1.0, p, mode, seed, offset, state, batch);
+    std::vector<Tensor> laid, zeros;
+    for (size_t k = 0; k < vs.size(); ++k) {
+      laid.push_back(in_order(vs[k], orders[k]));
+      zeros.push_back(at::zeros_like(laid.back()));
+    }
+    return op<N, StepOp>().call(zeros, laid, {}, -1.0, p, mode, seed, offset, state, batch);
   }
   variable_list apply(variable_list&& g) override {
     const Regenerating r(levels);
@@ -261,6 +294,7 @@ std::vector<Tensor> dropgrad_step(c10::DispatchKeySet ks, at::TensorList params,
     for (size_t k = 0; k < params.size(); ++k) {
       node->sizes.push_back(params[k].sym_sizes().vec());
       node->options.push_back(params[k].options());
+      node->orders.push_back(dim_order(outs[k]));
       if (lr_needs) node->grads.emplace_back(grads[k], false);
     }
     for (const Tensor& l : lrs) node->lrs.emplace_back(l, false);

@@ -12,4 +12,18 @@ void define_ops(torch::Library& m);
 // param without the batch along dim 0; returns the span of one list, the stream distance from
 // list b to list b + 1 (0 when batch is 0: one list).
 int64_t batch_list_span(at::TensorList params, int64_t batch);
+
+// Memory layouts (docs/noise_contract.md): an op computes in, and returns, the layout torch's
+// preserve_format gives its first tensor (its own strides when it is dense, as channels_last is;
+// else contiguous). Its kernels walk memory in order, so an element's noise follows its memory
+// position in that layout. A batch of lists (dropgrad_step's batch > 0) is contiguous: the kernels
+// find its rows along dim 0.
+inline at::Tensor empty_in_layout(const at::Tensor& first, const at::TensorOptions& options, bool contiguous = false) {
+  return contiguous ? at::empty(first.sizes(), options) : at::empty_like(first, options);
+}
+
+// x read in `out`'s layout: x itself when it has out's strides (no pass over memory), else a copy.
+inline at::Tensor in_layout(const at::Tensor& x, const at::Tensor& out) {
+  return x.strides() == out.strides() ? x : at::empty_like(out, x.options()).copy_(x);
+}
 }  // namespace dg

@@ -6,6 +6,7 @@ is itself differentiable; so are the other batching rules (csrc/batching.cpp).
 import torch
 
 from . import _batching
+from .reference import empty_in_layout
 
 
 def register(ns, qualname_prefix):
@@ -24,22 +25,22 @@ def register(ns, qualname_prefix):
 
     @torch.library.register_fake(q("noise"))
     def _(like, p, mode, seed, offset, rng_state=None):
-        return torch.empty(like.shape, dtype=torch.float32, device=like.device)
+        return empty_in_layout(like, torch.float32)
 
     @torch.library.register_fake(q("drop_grad"))
     def _(grad, p, mode, seed, offset, rng_state=None):
-        return torch.empty_like(grad, memory_format=torch.contiguous_format)
+        return empty_in_layout(grad)
 
     @torch.library.register_fake(q("dropgrad_update"))
     def _(param, grad, lr_tensor, lr, p, mode, seed, offset, rng_state=None):
-        return torch.empty_like(param, memory_format=torch.contiguous_format)
+        return empty_in_layout(param)
 
     @torch.library.register_fake(q("dropgrad_step"))
     def _(params, grads, lrs, lr, p, mode, seed, offset, rng_state=None, batch=0):
         # A meta tensor among CPU ones dispatches here, not to a kernel: refuse, as the kernels do.
         if any(t.device != params[0].device for t in (*params, *grads)):
             raise RuntimeError("params and grads must all be on one device")
-        return [torch.empty_like(w, memory_format=torch.contiguous_format) for w in params]
+        return [empty_in_layout(w, contiguous=batch > 0) for w in params]
 
     @torch.library.register_fake(q("dropgrad_step_"))
     def _(params, grads, lrs, lr, weight_decay, p, noise_mode, seed, offset, rng_state=None):
@@ -48,15 +49,14 @@ def register(ns, qualname_prefix):
 
     @torch.library.register_fake(q("meta_dropout"))
     def _(f, a, deterministic, seed, offset, rng_state=None):
-        return torch.empty_like(f, memory_format=torch.contiguous_format)
+        return empty_in_layout(f)
 
     @torch.library.register_fake(q("meta_dropout_backward"))
     def _(grad_out, f, a, deterministic, seed, offset, rng_state=None):
-        return (torch.empty_like(f, memory_format=torch.contiguous_format),
-                torch.empty_like(f, memory_format=torch.contiguous_format))
+        return empty_in_layout(f), empty_in_layout(f)
 
     @torch.library.register_fake(q("meta_dropout_double_backward"))
     def _(grad_grad_f, grad_grad_a, grad_out, f, a, deterministic, seed, offset, rng_state=None):
-        return tuple(torch.empty_like(f, memory_format=torch.contiguous_format) for _ in range(3))
+        return tuple(empty_in_layout(f) for _ in range(3))
 
     _batching.register(ns, qualname_prefix)

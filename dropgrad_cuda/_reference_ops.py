@@ -22,7 +22,7 @@ def philox4x32_10(counter, key):
 
 def noise(like, p, mode, seed, offset, rng_state=None):
     _no_state(rng_state)
-    return R.noise(like.numel(), p, _MODE_NAMES[mode], seed, offset, like.device).reshape(like.shape)
+    return R._noise_like(like, p, _MODE_NAMES[mode], seed, offset, torch.float32)
 
 
 def drop_grad(grad, p, mode, seed, offset, rng_state=None):

@@ -127,8 +127,42 @@ def _opmath(t):
     return torch.float64 if t.dtype == torch.float64 else torch.float32
 
 
-def _noise_like(t, p, mode, seed, offset):
-    return noise(t.numel(), p, mode, seed, offset, t.device).reshape(t.shape).to(_opmath(t))
+def empty_in_layout(first, dtype=None, contiguous=False):
+    """An op's output for its first tensor (docs/noise_contract.md, memory layouts): the layout
+    torch's preserve_format gives it (its own strides when dense, as channels_last is; else
+    contiguous), or contiguous for a batch of lists. Kernels walk memory in order, so an element's
+    noise follows its memory position in this layout. csrc/ops.h states the rule for C++."""
+    dtype = first.dtype if dtype is None else dtype
+    return torch.empty(first.shape, dtype=dtype, device=first.device) if contiguous else torch.empty_like(first, dtype=dtype)
+
+
+def dense(t):
+    """t's elements fill a block of memory without gaps or overlap (strides a permutation of a
+    contiguous layout's, as channels_last's): torch's is_non_overlapping_and_dense."""
+    expect = 1
+    for size, stride in sorted(((sz, st) for sz, st in zip(t.shape, t.stride()) if sz != 1), key=lambda d: d[1]):
+        if stride != expect:
+            return t.numel() == 0
+        expect *= size
+    return True
+
+
+def in_layout(x, out):
+    """x read in out's layout: x itself when it has out's strides, else a copy."""
+    return x if x.stride() == out.stride() else torch.empty_like(out, dtype=x.dtype).copy_(x)
+
+
+def _noise_like(first, p, mode, seed, offset, dtype=None):
+    """The noise of an op whose first tensor is `first`, in the op's output layout: the element at
+    memory position k gets stream element offset + k."""
+    out = empty_in_layout(first, _opmath(first) if dtype is None else dtype)
+    out.as_strided((out.numel(),), (1,)).copy_(noise(out.numel(), p, mode, seed, offset, first.device))
+    return out
+
+
+def _laid_out(x, first):
+    """A result in the layout of an op whose first tensor is `first`."""
+    return in_layout(x, empty_in_layout(first, x.dtype))
 
 
 def span(numel):
@@ -147,7 +181,7 @@ def stream_offsets(numels, offset=0):
 
 def drop_grad(grad, p, mode="gaussian", *, seed, offset=0):
     """grad * n."""
-    return (grad.to(_opmath(grad)) * _noise_like(grad, p, mode, seed, offset)).to(grad.dtype)
+    return _laid_out((grad.to(_opmath(grad)) * _noise_like(grad, p, mode, seed, offset)).to(grad.dtype), grad)
 
 
 def dropgrad_update(param, grad, lr, p, mode="gaussian", *, seed, offset=0, weight_decay=0.0):
@@ -159,8 +193,8 @@ def dropgrad_update(param, grad, lr, p, mode="gaussian", *, seed, offset=0, weig
     if weight_decay != 0:
         g = g + torch.as_tensor(weight_decay, dtype=c) * param.to(c)
     if mode == "normal" or not (mode == "none" or p == 0):  # "normal" ignores p, as noise() does
-        g = g * _noise_like(grad, p, mode, seed, offset)
-    return (param.to(c) - lr * g).to(param.dtype)
+        g = g * _noise_like(param, p, mode, seed, offset)
+    return _laid_out((param.to(c) - lr * g).to(param.dtype), param)
 
 
 def dropgrad_step(params, grads, lr, p, mode="gaussian", *, seed, offset=0, weight_decay=0.0):
@@ -185,8 +219,8 @@ def meta_dropout(f, a, *, deterministic=False, seed, offset=0):
     c = _opmath(f)
     z = a.to(c)
     if not deterministic:
-        z = z + _noise_like(a, 0.0, "normal", seed, offset)
-    return (f.to(c) * F.softplus(z)).to(f.dtype)
+        z = z + _noise_like(f, 0.0, "normal", seed, offset)
+    return _laid_out((f.to(c) * F.softplus(z)).to(f.dtype), f)
 
 
 def meta_dropout_double_backward_terms(grad_grad_f, grad_grad_a, grad_out, f, a, *, deterministic=False, seed,
@@ -197,7 +231,7 @@ def meta_dropout_double_backward_terms(grad_grad_f, grad_grad_a, grad_out, f, a,
     c = _opmath(f)
     z = a.to(c)
     if not deterministic:
-        z = z + _noise_like(a, 0.0, "normal", seed, offset)
+        z = z + _noise_like(f, 0.0, "normal", seed, offset)
     ggf, gga, g, fc = (t.to(c) for t in (grad_grad_f, grad_grad_a, grad_out, f))
     e = torch.exp(-z.abs())
     s = torch.where(z > 20, 1.0, torch.sigmoid(z))
@@ -211,7 +245,7 @@ def meta_dropout_double_backward(grad_grad_f, grad_grad_a, grad_out, f, a, *, de
     e / (1 + e)^2, e = exp(-|z|) (no cancellation), 0 above the threshold 20 as softplus'."""
     terms = meta_dropout_double_backward_terms(grad_grad_f, grad_grad_a, grad_out, f, a, deterministic=deterministic,
                                                seed=seed, offset=offset)
-    return tuple((t[0] if len(t) == 1 else t[0] + t[1]).to(f.dtype) for t in terms)
+    return tuple(_laid_out((t[0] if len(t) == 1 else t[0] + t[1]).to(f.dtype), f) for t in terms)
 
 
 def logit_noise(mu, s, *, deterministic=False, seed, offset=0):
@@ -220,7 +254,7 @@ def logit_noise(mu, s, *, deterministic=False, seed, offset=0):
         return mu
     c = _opmath(mu)
     scale = F.softplus(s).to(c).expand(mu.shape)  # softplus in s's dtype, as the fused op feeds its kernel
-    return (mu.to(c) + scale * _noise_like(mu, 0.0, "normal", seed, offset)).to(mu.dtype)
+    return _laid_out((mu.to(c) + scale * _noise_like(mu, 0.0, "normal", seed, offset)).to(mu.dtype), mu)
 
 
 def meta_dropout_backward(grad_out, f, a, *, deterministic=False, seed, offset=0):
@@ -229,7 +263,7 @@ def meta_dropout_backward(grad_out, f, a, *, deterministic=False, seed, offset=0
     c = _opmath(f)
     z = a.to(c)
     if not deterministic:
-        z = z + _noise_like(a, 0.0, "normal", seed, offset)
+        z = z + _noise_like(f, 0.0, "normal", seed, offset)
     g, fc = grad_out.to(c), f.to(c)
     s = torch.where(z > 20, 1.0, torch.sigmoid(z))
-    return (g * F.softplus(z)).to(f.dtype), ((g * fc) * s).to(f.dtype)
+    return _laid_out((g * F.softplus(z)).to(f.dtype), f), _laid_out(((g * fc) * s).to(f.dtype), f)

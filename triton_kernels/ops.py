@@ -7,7 +7,7 @@ import triton
 
 from dropgrad_cuda import _autograd
 from dropgrad_cuda.ops import OP_NAMES
-from dropgrad_cuda.reference import span, stream_offsets
+from dropgrad_cuda.reference import dense, empty_in_layout, in_layout, span, stream_offsets
 
 from . import configs
 from . import kernels as K
@@ -71,42 +71,46 @@ def _elementwise(kind, out, grad, param, lr_t, numel, p, mode, seed, offset, rng
 
 
 def noise(like, p, mode, seed, offset, rng_state=None):
-    out = torch.empty(like.shape, dtype=torch.float32, device=like.device)
+    out = empty_in_layout(like, torch.float32)
     return _elementwise(K.NOISE, out, None, None, None, out.numel(), p, mode, seed, offset, rng_state)
 
 
 def drop_grad(grad, p, mode, seed, offset, rng_state=None):
-    g = grad.contiguous()
-    return _elementwise(K.DROP_GRAD, torch.empty_like(g), g, None, None, g.numel(), p, mode, seed, offset, rng_state)
+    out = empty_in_layout(grad)
+    return _elementwise(K.DROP_GRAD, out, in_layout(grad, out), None, None, out.numel(), p, mode, seed, offset, rng_state)
 
 
-def _lr_arg(lr_tensor, lr, param):
-    if lr_tensor is not None and lr_tensor.numel() != 1:  # full shape, param's dtype (one element: a scalar, as in C++)
-        return lr_tensor.detach().contiguous()
+def _lr_arg(lr_tensor, lr, param, out):
+    """A full-shape lr (param's dtype) in out's layout, one list's in a batch contiguous; one element: a scalar, as in C++."""
+    if lr_tensor is not None and lr_tensor.numel() != 1:
+        return lr_tensor.detach().contiguous() if lr_tensor.shape != out.shape else in_layout(lr_tensor.detach(), out)
     return _scalar_lr(lr_tensor, lr, param)
 
 
 def dropgrad_update(param, grad, lr_tensor, lr, p, mode, seed, offset, rng_state=None):
-    w, g = param.contiguous(), grad.contiguous()
-    return _elementwise(K.UPDATE, torch.empty_like(w), g, w, _lr_arg(lr_tensor, lr, w), w.numel(), p, mode, seed, offset,
+    out = empty_in_layout(param)
+    w, g = in_layout(param, out), in_layout(grad, out)
+    return _elementwise(K.UPDATE, out, g, w, _lr_arg(lr_tensor, lr, w, out), w.numel(), p, mode, seed, offset,
                         rng_state)
 
 
 def _step(params, grads, lrs, lr, weight_decay, p, mode, seed, offset, rng_state, in_place, batch=0):
     """One launch per dtype present in the list (a single launch for the usual all-float32 list).
     With batch > 0 each tensor is `batch` rows, one per list, each a row of the launch's table
-    starting list b's stream b list spans after list 0's. In place, the outputs are the params, a
-    non-contiguous one through a copy written back."""
+    starting list b's stream b list spans after list 0's. In place, the outputs are the params, one
+    that is not dense through a copy written back."""
     if batch < 0:
         raise RuntimeError(f"batch must be non-negative, got {batch}")
     nrows = max(batch, 1)
     for k, w in enumerate(params):
         if batch and (w.dim() == 0 or w.shape[0] != batch):
             raise RuntimeError(f"params[{k}] must have the batch of {batch} lists along dim 0")
-    ws = [w.contiguous() for w in params]
-    gs = [g.contiguous() for g in grads]
-    outs = ws if in_place else [torch.empty_like(w) for w in ws]
-    lr_args = [_lr_arg(lrs[k] if lrs else None, lr, w) for k, w in enumerate(ws)]  # kept alive until launched
+    # In place, a dense param is written where it lies; another through a contiguous copy.
+    outs = ([w if dense(w) else w.contiguous() for w in params] if in_place
+            else [empty_in_layout(w, contiguous=batch > 0) for w in params])
+    ws = outs if in_place else [in_layout(w, o) for w, o in zip(params, outs)]
+    gs = [in_layout(g, o) for g, o in zip(grads, outs)]
+    lr_args = [_lr_arg(lrs[k] if lrs else None, lr, w, w) for k, w in enumerate(ws)]  # kept alive until launched
     row_numels = [w.numel() // nrows for w in ws]
     starts = stream_offsets(row_numels, offset)
     list_span = sum(map(span, row_numels))
@@ -156,8 +160,8 @@ def dropgrad_step_(params, grads, lrs, lr, weight_decay, p, noise_mode, seed, of
 
 
 def meta_dropout(f, a, deterministic, seed, offset, rng_state=None):
-    fc, ac = f.contiguous(), a.contiguous()
-    out = torch.empty_like(fc)
+    out = empty_in_layout(f)
+    fc, ac = in_layout(f, out), in_layout(a, out)
     state, has_state = _state(rng_state, fc, not deterministic)
     _launch(K.meta_dropout_kernel, _grid(fc.numel()), out, fc, ac, state, fc.numel(), seed, offset // 4,
             NOISY=not deterministic, ACC=_tl(_acc(fc.dtype)), HAS_STATE=has_state)
@@ -165,9 +169,8 @@ def meta_dropout(f, a, deterministic, seed, offset, rng_state=None):
 
 
 def meta_dropout_backward(grad_out, f, a, deterministic, seed, offset, rng_state=None):
-    fc, ac = f.contiguous(), a.contiguous()
-    g = grad_out.contiguous().to(fc.dtype)
-    gf, ga = torch.empty_like(fc), torch.empty_like(fc)
+    gf, ga = empty_in_layout(f), empty_in_layout(f)
+    fc, ac, g = in_layout(f, gf), in_layout(a, gf), in_layout(grad_out.to(f.dtype), gf)
     state, has_state = _state(rng_state, fc, not deterministic)
     _launch(K.meta_dropout_backward_kernel, _grid(fc.numel()), gf, ga, g, fc, ac, state, fc.numel(), seed, offset // 4,
             NOISY=not deterministic, ACC=_tl(_acc(fc.dtype)), HAS_STATE=has_state)
@@ -175,11 +178,11 @@ def meta_dropout_backward(grad_out, f, a, deterministic, seed, offset, rng_state
 
 
 def meta_dropout_double_backward(grad_grad_f, grad_grad_a, grad_out, f, a, deterministic, seed, offset, rng_state=None):
-    fc = f.contiguous()
-    ins = [t.contiguous().to(fc.dtype) for t in (grad_grad_f, grad_grad_a, grad_out)]
-    outs = [torch.empty_like(fc) for _ in range(3)]
+    outs = [empty_in_layout(f) for _ in range(3)]
+    fc = in_layout(f, outs[0])
+    ins = [in_layout(t.to(fc.dtype), fc) for t in (grad_grad_f, grad_grad_a, grad_out)]
     state, has_state = _state(rng_state, fc, not deterministic)
-    _launch(K.meta_dropout_double_backward_kernel, _grid(fc.numel()), *outs, *ins, fc, a.contiguous(), state, fc.numel(),
+    _launch(K.meta_dropout_double_backward_kernel, _grid(fc.numel()), *outs, *ins, fc, in_layout(a, fc), state, fc.numel(),
             seed, offset // 4, NOISY=not deterministic, ACC=_tl(_acc(fc.dtype)), HAS_STATE=has_state)
     return tuple(outs)
 

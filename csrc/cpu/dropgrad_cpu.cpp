@@ -33,20 +33,21 @@ using OptTensor = c10::optional<at::Tensor>;
 // -> 23 ms steady for the 11M Gaussian update). Opt-in, like PyTorch's: on VMs that hand freed
 // memory back to the host, huge pages fault in cold and calls were up to 5x slower in bursts.
 // Only the 2 MiB-aligned interior is advised; the advice is a hint, so failure is harmless.
-at::Tensor empty_output(at::IntArrayRef sizes, const at::TensorOptions& options) {
+// The output is in `first`'s layout (dg::empty_in_layout).
+at::Tensor empty_output(const at::Tensor& first, const at::TensorOptions& options, bool contiguous = false) {
   constexpr uintptr_t kHuge = uintptr_t(2) << 20;
   static const bool on = [] {
     const char* v = std::getenv("DROPGRAD_THP");
     return v != nullptr && std::strcmp(v, "1") == 0;
   }();
-  at::Tensor t = at::empty(sizes, options.memory_format(at::MemoryFormat::Contiguous));
+  at::Tensor t = dg::empty_in_layout(first, options, contiguous);
   const uintptr_t p = reinterpret_cast<uintptr_t>(t.data_ptr());
   const uintptr_t a = (p + kHuge - 1) & ~(kHuge - 1), e = (p + t.nbytes()) & ~(kHuge - 1);
   if (on && t.nbytes() >= 2 * kHuge && e > a) madvise(reinterpret_cast<void*>(a), e - a, MADV_HUGEPAGE);
   return t;
 }
 
-at::Tensor empty_output(const at::Tensor& like) { return empty_output(like.sizes(), like.options()); }
+at::Tensor empty_output(const at::Tensor& first) { return empty_output(first, first.options()); }
 
 // The (seed, offset) a kernel uses: with rng_state (see csrc/ops.cpp) its seed, and its offset
 // added to the argument's.
@@ -335,7 +336,7 @@ void check_floating(const at::Tensor& t, const char* name) {
   TORCH_CHECK(at::isFloatingType(t.scalar_type()), name, " must be a floating-point tensor");
 }
 
-// One-element lr tensors are read as a scalar; full-shape ones become an aligned contiguous array,
+// One-element lr tensors are read as a scalar; full-shape ones an array in the output's layout,
 // read at `row` elements further for each list of a batch (0: one lr shared by the lists).
 struct LearningRate {
   double scalar;
@@ -343,14 +344,16 @@ struct LearningRate {
   int64_t row = 0;
 };
 
-LearningRate resolve_lr(const OptTensor& lr_tensor, double lr, const at::Tensor& param, int64_t batch = 0) {
+LearningRate resolve_lr(const OptTensor& lr_tensor, double lr, const at::Tensor& param, const at::Tensor& out,
+                        int64_t batch = 0) {
   if (!lr_tensor.has_value() || !lr_tensor->defined()) return {lr, at::Tensor()};
   if (lr_tensor->numel() == 1) return {lr_tensor->item<double>(), at::Tensor()};
   const bool shared = batch > 0 && lr_tensor->sizes() == param.sizes().slice(1);
   TORCH_CHECK(shared || lr_tensor->sizes() == param.sizes(),
               batch > 0 ? "lr must be a scalar, have param's shape or param.shape[1:]" : "lr must be a scalar or have param's shape");
   TORCH_CHECK(lr_tensor->scalar_type() == param.scalar_type(), "a full-shape lr must have param's dtype");
-  return {0.0, lr_tensor->contiguous(), shared ? 0 : param.numel() / std::max<int64_t>(batch, 1)};
+  return {0.0, shared ? lr_tensor->contiguous() : dg::in_layout(*lr_tensor, out),
+          shared ? 0 : param.numel() / std::max<int64_t>(batch, 1)};
 }
 
 at::Tensor philox4x32_10_cpu(const at::Tensor& counter, const at::Tensor& key) {
@@ -378,7 +381,7 @@ at::Tensor philox4x32_10_cpu(const at::Tensor& counter, const at::Tensor& key) {
 
 at::Tensor noise_cpu(const at::Tensor& like, double p, int64_t mode, int64_t seed, int64_t offset, const OptTensor& rng_state) {
   resolve_seed(rng_state, seed, offset);
-  at::Tensor out = empty_output(like.sizes(), like.options().dtype(at::kFloat));
+  at::Tensor out = empty_output(like, like.options().dtype(at::kFloat));
   float* o = out.data_ptr<float>();
   const Stream st = make_stream(p, mode, seed);
   if (st.np.mode == dg::kNone) return out.fill_(1.0f);
@@ -392,8 +395,8 @@ at::Tensor drop_grad_cpu(const at::Tensor& grad, double p, int64_t mode, int64_t
                          const OptTensor& rng_state) {
   resolve_seed(rng_state, seed, offset);
   check_floating(grad, "grad");
-  const at::Tensor g = grad.contiguous();
-  at::Tensor out = empty_output(g);
+  at::Tensor out = empty_output(grad);
+  const at::Tensor g = dg::in_layout(grad, out);
   const Stream st = make_stream(p, mode, seed);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, g.scalar_type(), "drop_grad", [&] {
     const scalar_t* gp = g.data_ptr<scalar_t>();
@@ -413,10 +416,9 @@ at::Tensor dropgrad_update_cpu(const at::Tensor& param, const at::Tensor& grad,
   check_floating(grad, "grad");
   TORCH_CHECK(param.sizes() == grad.sizes() && param.scalar_type() == grad.scalar_type(),
               "param and grad must have the same shape and dtype");
-  const at::Tensor pc = param.contiguous();
-  const at::Tensor gc = grad.contiguous();
-  const LearningRate l = resolve_lr(lr_tensor, lr, param);
-  at::Tensor out = empty_output(pc);
+  at::Tensor out = empty_output(param);
+  const at::Tensor pc = dg::in_layout(param, out), gc = dg::in_layout(grad, out);
+  const LearningRate l = resolve_lr(lr_tensor, lr, param, out);
   const Stream st = make_stream(p, mode, seed);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, pc.scalar_type(), "dropgrad_update", [&] {
     const scalar_t* pp = pc.data_ptr<scalar_t>();
@@ -463,7 +465,7 @@ void run_step_(const StepItem& t, double weight_decay, int64_t begin, int64_t n,
 // each worker finds its tensor by binary search. Tensor k's stream starts where tensor k-1's
 // ends, rounded up to a multiple of 4; with batch > 0 each tensor is `batch` rows, one per list,
 // and list b's stream starts b list spans after list 0's. outs: new tensors, or (in place) the
-// params, a non-contiguous one through a contiguous copy written back at the end.
+// params, one that is not dense through a contiguous copy written back at the end.
 void step_cpu(at::TensorList params, at::TensorList grads, at::TensorList lrs, double lr, double weight_decay,
               double p, int64_t mode, int64_t seed, int64_t offset, const OptTensor& rng_state, int64_t batch,
               bool in_place, std::vector<at::Tensor>& outs) {
@@ -482,9 +484,11 @@ void step_cpu(at::TensorList params, at::TensorList grads, at::TensorList lrs, d
     check_floating(grads[k], "grads");
     TORCH_CHECK(params[k].sizes() == grads[k].sizes() && params[k].scalar_type() == grads[k].scalar_type(),
                 "params[", k, "] and grads[", k, "] must have the same shape and dtype");
-    const at::Tensor w = params[k].contiguous(), g = grads[k].contiguous();
-    const LearningRate l = resolve_lr(lrs.empty() ? OptTensor() : OptTensor(lrs[k]), lr, params[k], batch);
-    outs[k] = in_place ? w : empty_output(w);
+    // In place, a dense param is written where it lies; another through a contiguous copy.
+    outs[k] = !in_place ? empty_output(params[k], params[k].options(), batch > 0)
+              : params[k].is_non_overlapping_and_dense() ? params[k] : params[k].contiguous();
+    const at::Tensor w = in_place ? outs[k] : dg::in_layout(params[k], outs[k]), g = dg::in_layout(grads[k], outs[k]);
+    const LearningRate l = resolve_lr(lrs.empty() ? OptTensor() : OptTensor(lrs[k]), lr, params[k], outs[k], batch);
     decltype(StepItem::run) run = nullptr;
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, w.scalar_type(), "dropgrad_step",
                                     [&] { run = in_place ? &run_step_<scalar_t> : &run_update<scalar_t>; });
@@ -539,9 +543,8 @@ at::Tensor meta_dropout_cpu(const at::Tensor& f, const at::Tensor& a, bool deter
   check_floating(f, "f");
   check_floating(a, "a");
   TORCH_CHECK(f.sizes() == a.sizes() && f.scalar_type() == a.scalar_type(), "f and a must have the same shape and dtype");
-  const at::Tensor fc = f.contiguous();
-  const at::Tensor ac = a.contiguous();
-  at::Tensor out = empty_output(fc);
+  at::Tensor out = empty_output(f);
+  const at::Tensor fc = dg::in_layout(f, out), ac = dg::in_layout(a, out);
   const Stream st = make_stream(0.0, deterministic ? dg::kNone : dg::kNormal, seed);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, fc.scalar_type(), "meta_dropout", [&] {
     const scalar_t* fp = fc.data_ptr<scalar_t>();
@@ -560,11 +563,10 @@ std::tuple<at::Tensor, at::Tensor> meta_dropout_backward_cpu(const at::Tensor& g
   resolve_seed(rng_state, seed, offset);
   check_floating(grad_out, "grad_out");
   TORCH_CHECK(grad_out.sizes() == f.sizes() && f.sizes() == a.sizes(), "grad_out, f and a must have the same shape");
-  const at::Tensor gc = grad_out.contiguous().to(f.scalar_type());
-  const at::Tensor fc = f.contiguous();
-  const at::Tensor ac = a.contiguous();
-  at::Tensor gf = empty_output(fc);
-  at::Tensor ga = empty_output(fc);
+  at::Tensor gf = empty_output(f);
+  at::Tensor ga = empty_output(f);
+  const at::Tensor gc = dg::in_layout(grad_out.to(f.scalar_type()), gf);
+  const at::Tensor fc = dg::in_layout(f, gf), ac = dg::in_layout(a, gf);
   const Stream st = make_stream(0.0, deterministic ? dg::kNone : dg::kNormal, seed);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, fc.scalar_type(), "meta_dropout_backward", [&] {
     const scalar_t* gp = gc.data_ptr<scalar_t>();
@@ -589,9 +591,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> meta_dropout_double_backward_cpu(
                 "grad_grad_f, grad_grad_a, grad_out, f and a must have the same shape and device");
   }
   const auto dt = f.scalar_type();
-  const at::Tensor ggf = grad_grad_f.contiguous().to(dt), gga = grad_grad_a.contiguous().to(dt);
-  const at::Tensor gc = grad_out.contiguous().to(dt), fc = f.contiguous(), ac = a.contiguous().to(dt);
-  at::Tensor d_gout = empty_output(fc), d_f = empty_output(fc), d_a = empty_output(fc);
+  at::Tensor d_gout = empty_output(f), d_f = empty_output(f), d_a = empty_output(f);
+  const at::Tensor ggf = dg::in_layout(grad_grad_f.to(dt), d_f), gga = dg::in_layout(grad_grad_a.to(dt), d_f);
+  const at::Tensor gc = dg::in_layout(grad_out.to(dt), d_f), fc = dg::in_layout(f, d_f), ac = dg::in_layout(a.to(dt), d_f);
   const Stream st = make_stream(0.0, deterministic ? dg::kNone : dg::kNormal, seed);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, dt, "meta_dropout_double_backward", [&] {
     const scalar_t *p0 = ggf.data_ptr<scalar_t>(), *p1 = gga.data_ptr<scalar_t>(), *p2 = gc.data_ptr<scalar_t>();

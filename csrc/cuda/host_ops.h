@@ -52,12 +52,13 @@ inline Rng rng(double p, int64_t mode, int64_t seed, const OptTensor& rng_state,
   return {dg::make_stream(p, mode, seed), state};
 }
 
-// A tensor lr stays on the device (no host sync): a full one in the param's dtype, a one-element
+// A tensor lr stays on the device (no host sync): a full one in the param's dtype and the output's
+// layout, a one-element
 // one converted to the op-math type; `keep` holds the converted tensor alive until the launch.
 // In a batch of lists (dropgrad_step's batch > 0) a full lr may also be one list's shape,
 // param.shape[1:], shared by the lists; *shared says so.
-inline LearningRate learning_rate(const OptTensor& lr_tensor, double lr, const at::Tensor& param, at::Tensor& keep,
-                                  int64_t batch = 0, bool* shared = nullptr) {
+inline LearningRate learning_rate(const OptTensor& lr_tensor, double lr, const at::Tensor& param, const at::Tensor& out,
+                                  at::Tensor& keep, int64_t batch = 0, bool* shared = nullptr) {
   if (!lr_tensor.has_value() || !lr_tensor->defined()) return {nullptr, nullptr, lr};
   if (lr_tensor->dim() > 0 && lr_tensor->numel() != 1) {  // full shape (an empty one too)
     const bool one_list = batch > 0 && lr_tensor->sizes() == param.sizes().slice(1);
@@ -65,7 +66,7 @@ inline LearningRate learning_rate(const OptTensor& lr_tensor, double lr, const a
                 batch > 0 ? "a full-shape lr must have param's dtype and its shape or param.shape[1:]"
                           : "a full-shape lr must have param's shape and dtype");
     if (shared) *shared = one_list;
-    keep = lr_tensor->contiguous();
+    keep = one_list ? lr_tensor->contiguous() : dg::in_layout(*lr_tensor, out);
     return {keep.data_ptr(), nullptr, 0.0};
   }
   keep = lr_tensor->reshape({}).to(param.device(), opmath(param.scalar_type())).contiguous();
@@ -92,7 +93,7 @@ at::Tensor noise(const at::Tensor& like, double p, int64_t mode, int64_t seed, i
                  const OptTensor& rng_state) {
   TORCH_CHECK(like.device().type() == D::kDevice, "like must be a ", c10::DeviceTypeName(D::kDevice), " tensor");
   const typename D::Guard guard(like.device());
-  at::Tensor out = at::empty(like.sizes(), like.options().dtype(at::kFloat).memory_format(at::MemoryFormat::Contiguous));
+  at::Tensor out = dg::empty_in_layout(like, like.options().dtype(at::kFloat));
   dg_cuda::noise(D::launch(), out.data_ptr<float>(), out.numel(), rng(p, mode, seed, rng_state, like), offset / 4);
   return out;
 }
@@ -102,8 +103,8 @@ at::Tensor drop_grad(const at::Tensor& grad, double p, int64_t mode, int64_t see
                      const OptTensor& rng_state) {
   check<D>(grad, "grad");
   const typename D::Guard guard(grad.device());
-  const at::Tensor g = grad.contiguous();
-  at::Tensor out = at::empty_like(g);
+  at::Tensor out = dg::empty_in_layout(grad, grad.options());
+  const at::Tensor g = dg::in_layout(grad, out);
   dg_cuda::drop_grad(D::launch(), dtype_of(g), g.data_ptr(), out.data_ptr(), g.numel(),
                      rng(p, mode, seed, rng_state, g), offset / 4);
   return out;
@@ -117,10 +118,10 @@ at::Tensor dropgrad_update(const at::Tensor& param, const at::Tensor& grad, cons
                   grad.device() == param.device(),
               "param and grad must have the same shape, dtype and device");
   const typename D::Guard guard(param.device());
-  const at::Tensor w = param.contiguous(), g = grad.contiguous();
+  at::Tensor out = dg::empty_in_layout(param, param.options());
+  const at::Tensor w = dg::in_layout(param, out), g = dg::in_layout(grad, out);
   at::Tensor keep;
-  const LearningRate l = learning_rate(lr_tensor, lr, w, keep);
-  at::Tensor out = at::empty_like(w);
+  const LearningRate l = learning_rate(lr_tensor, lr, w, out, keep);
   dg_cuda::dropgrad_update(D::launch(), dtype_of(w), w.data_ptr(), g.data_ptr(), l, out.data_ptr(), w.numel(),
                            rng(p, mode, seed, rng_state, w), offset / 4);
   return out;
@@ -130,7 +131,7 @@ at::Tensor dropgrad_update(const at::Tensor& param, const at::Tensor& grad, cons
 // k-1's ends, rounded up to a multiple of 4 (as on every backend). With batch > 0 each tensor is
 // `batch` rows, one per list, list b's stream b list spans after list 0's: a row is one more
 // entry of the launch's list, its pointers moved on the host, no kernel of its own. In place, the
-// outputs are the params, a non-contiguous one through a contiguous copy written back after the
+// outputs are the params, one that is not dense through a contiguous copy written back after the
 // launches.
 template <class D>
 std::vector<at::Tensor> step(at::TensorList params, at::TensorList grads, at::TensorList lrs, double lr,
@@ -147,11 +148,14 @@ std::vector<at::Tensor> step(at::TensorList params, at::TensorList grads, at::Te
     TORCH_CHECK(params[k].sizes() == grads[k].sizes() && params[k].scalar_type() == grads[k].scalar_type() &&
                     params[k].device() == params[0].device() && grads[k].device() == params[0].device(),
                 "params[", k, "] and grads[", k, "] must have the same shape, dtype and device");
-    ws[k] = params[k].contiguous();
-    gs[k] = grads[k].contiguous();
-    outs[k] = in_place ? ws[k] : at::empty_like(ws[k]);
+    // In place, a dense param is written where it lies; another through a contiguous copy.
+    outs[k] = !in_place ? dg::empty_in_layout(params[k], params[k].options(), batch > 0)
+              : params[k].is_non_overlapping_and_dense() ? params[k] : params[k].contiguous();
+    ws[k] = in_place ? outs[k] : dg::in_layout(params[k], outs[k]);
+    gs[k] = dg::in_layout(grads[k], outs[k]);
     bool shared_lr = false;
-    const auto l = learning_rate(lrs.empty() ? OptTensor() : OptTensor(lrs[k]), lr, ws[k], keep[k], batch, &shared_lr);
+    const auto l = learning_rate(lrs.empty() ? OptTensor() : OptTensor(lrs[k]), lr, ws[k], outs[k], keep[k], batch,
+                                 &shared_lr);
     const int64_t row = ws[k].numel() / rows, bytes = row * ws[k].element_size();
     for (int64_t b = 0; b < rows; ++b) {
       LearningRate lb = l;
@@ -197,8 +201,8 @@ at::Tensor meta_dropout(const at::Tensor& f, const at::Tensor& a, bool determini
   TORCH_CHECK(f.sizes() == a.sizes() && f.scalar_type() == a.scalar_type() && a.device() == f.device(),
               "f and a must have the same shape, dtype and device");
   const typename D::Guard guard(f.device());
-  const at::Tensor fc = f.contiguous(), ac = a.contiguous();
-  at::Tensor out = at::empty_like(fc);
+  at::Tensor out = dg::empty_in_layout(f, f.options());
+  const at::Tensor fc = dg::in_layout(f, out), ac = dg::in_layout(a, out);
   dg_cuda::meta_dropout(D::launch(), dtype_of(fc), fc.data_ptr(), ac.data_ptr(), out.data_ptr(), fc.numel(),
                         rng(0.0, deterministic ? dg::kNone : dg::kNormal, seed, rng_state, fc), offset / 4);
   return out;
@@ -213,8 +217,9 @@ std::tuple<at::Tensor, at::Tensor> meta_dropout_backward(const at::Tensor& grad_
                   a.device() == f.device(),
               "grad_out, f and a must have the same shape and device");
   const typename D::Guard guard(f.device());
-  const at::Tensor g = grad_out.contiguous().to(f.scalar_type()), fc = f.contiguous(), ac = a.contiguous();
-  at::Tensor gf = at::empty_like(fc), ga = at::empty_like(fc);
+  at::Tensor gf = dg::empty_in_layout(f, f.options()), ga = dg::empty_in_layout(f, f.options());
+  const at::Tensor g = dg::in_layout(grad_out.to(f.scalar_type()), gf), fc = dg::in_layout(f, gf),
+                   ac = dg::in_layout(a, gf);
   dg_cuda::meta_dropout_backward(D::launch(), dtype_of(fc), g.data_ptr(), fc.data_ptr(), ac.data_ptr(), gf.data_ptr(),
                                  ga.data_ptr(), fc.numel(),
                                  rng(0.0, deterministic ? dg::kNone : dg::kNormal, seed, rng_state, fc), offset / 4);
@@ -232,13 +237,14 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> meta_dropout_double_backward(
                 "grad_grad_f, grad_grad_a, grad_out, f and a must have the same shape and device");
   }
   const typename D::Guard guard(f.device());
+  at::Tensor d_gout = dg::empty_in_layout(f, f.options()), d_f = dg::empty_in_layout(f, f.options()),
+             d_a = dg::empty_in_layout(f, f.options());
   at::Tensor c[5];
   const void* in[5];
   for (int i = 0; i < 5; ++i) {
-    c[i] = ins[i]->contiguous().to(f.scalar_type());
+    c[i] = dg::in_layout(ins[i]->to(f.scalar_type()), d_f);
     in[i] = c[i].data_ptr();
   }
-  at::Tensor d_gout = at::empty_like(c[3]), d_f = at::empty_like(c[3]), d_a = at::empty_like(c[3]);
   void* out[3] = {d_gout.data_ptr(), d_f.data_ptr(), d_a.data_ptr()};
   dg_cuda::meta_dropout_double_backward(D::launch(), dtype_of(c[3]), in, out, c[3].numel(),
                                         rng(0.0, deterministic ? dg::kNone : dg::kNormal, seed, rng_state, c[3]),
