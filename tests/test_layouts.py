@@ -107,3 +107,15 @@ def test_backward_regenerates_the_forward_noise_whatever_the_cotangents_layout(b
             assert (a is None) == (b is None)
             if a is not None:
                 torch.testing.assert_close(a, b, rtol=4 * 2.0**-23, atol=4 * 2.0**-23)
+
+
+@pytest.mark.parametrize("backend", [b for b in _backends() if b != "reference"])
+def test_in_place_step_writes_back_a_param_that_is_not_dense(backend):
+    """A strided slice of a larger tensor: stepped through a contiguous copy (its stream in
+    row-major order), written back into the slice, the rest of the base untouched."""
+    base = _t(1, shape=(6, 8))
+    w, g = base[:, ::2], _t(2, shape=(6, 4))
+    want_base = base.clone()
+    R.dropgrad_step_([want_base[:, ::2]], [g], 0.1, 0.2, seed=SEED, offset=OFFSET)
+    dg.dropgrad_step_([w], [g], 0.1, 0.2, seed=SEED, offset=OFFSET, backend=backend)
+    assert torch.equal(base, want_base) and not torch.equal(base, _t(1, shape=(6, 8)))

@@ -22,7 +22,7 @@ MODES = ["gaussian", "bernoulli", "none"]
 
 def make(shape, dtype, device, seed=0, noncontiguous=False):
     g = torch.Generator().manual_seed(seed)
-    if noncontiguous:  # a transposed view: the logical row-major order still defines the stream
+    if noncontiguous:  # a transposed view: dense, so the stream follows its memory order (noise contract)
         t = torch.randn(*reversed(shape), generator=g, dtype=torch.float64).to(dtype).t()
     else:
         t = torch.randn(*shape, generator=g, dtype=torch.float64).to(dtype)
@@ -105,7 +105,7 @@ def test_dropgrad_step_equals_updates_on_consecutive_streams(backend, mode, lr_f
 @pytest.mark.parametrize("lr_form", ["float", "list"])
 def test_dropgrad_step_in_place(backend, mode, weight_decay, lr_form):
     """params -= lr * ((grads + weight_decay * params) * n) in place, on dropgrad_step's streams:
-    every dtype in one list, a non-contiguous param (written back), a grad that is its param."""
+    every dtype in one list, a transposed param (stepped where it lies), a grad that is its param."""
     name, device = backend
     shapes = [(3, 3), (1,), (0,), (64, 5), (2, 3, 5), (4097,)]
     dtypes = [torch.float32, torch.float64, torch.bfloat16, torch.float32, torch.float16, torch.float32]
