@@ -31,8 +31,30 @@ PyObject* draw_seed(PyObject*, PyObject*) {
   return PyLong_FromUnsignedLongLong(r % ((uint64_t(1) << 63) - 1));
 }
 
+// _C.cpu_isa([name]): the instruction set the CPU kernels run with, after setting it to `name` if
+// given; ValueError for one this CPU does not run. _C.cpu_isas(): those it runs, slowest first.
+PyObject* cpu_isa(PyObject*, PyObject* args) {
+  const char* name = nullptr;
+  if (!PyArg_ParseTuple(args, "|s", &name)) return nullptr;
+  if (name != nullptr && !dg::set_cpu_isa(name)) {
+    PyErr_Format(PyExc_ValueError, "cpu_isa: this CPU does not run %s (it runs the first %d of default, avx2, avx512)",
+                 name, dg::cpu_isas());
+    return nullptr;
+  }
+  return PyUnicode_FromString(dg::cpu_isa());
+}
+
+PyObject* cpu_isas(PyObject*, PyObject*) {
+  const char* names[] = {"default", "avx2", "avx512"};
+  PyObject* out = PyTuple_New(dg::cpu_isas());
+  for (int i = 0; i < dg::cpu_isas(); ++i) PyTuple_SET_ITEM(out, i, PyUnicode_FromString(names[i]));
+  return out;
+}
+
 PyMethodDef methods[] = {
     {"draw_seed", draw_seed, METH_NOARGS, "A seed from torch's default generator, as torch.randint(0, 2**63 - 1, ())."},
+    {"cpu_isa", cpu_isa, METH_VARARGS, "The CPU kernels' instruction set, after setting it to the given one."},
+    {"cpu_isas", cpu_isas, METH_NOARGS, "The CPU kernels' instruction sets this CPU runs, slowest first."},
     {nullptr, nullptr, 0, nullptr}};
 }  // namespace
 

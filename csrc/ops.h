@@ -13,6 +13,13 @@ void define_ops(torch::Library& m);
 // list b to list b + 1 (0 when batch is 0: one list).
 int64_t batch_list_span(at::TensorList params, int64_t batch);
 
+// The instruction set the CPU kernels run with (csrc/cpu/kernels.inc): "default", "avx2" or
+// "avx512". cpu_isas(): how many of those, in that order, this CPU runs. set_cpu_isa: false (and
+// nothing changed) for a name this CPU does not run.
+int cpu_isas();
+const char* cpu_isa();
+bool set_cpu_isa(const char* name);
+
 // Memory layouts (docs/noise_contract.md): an op computes in, and returns, the layout torch's
 // preserve_format gives its first tensor (its own strides when it is dense, as channels_last is;
 // else contiguous). Its kernels walk memory in order, so an element's noise follows its memory
