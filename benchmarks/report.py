@@ -72,11 +72,19 @@ def _ms(v):
     return f"{v:.3f}" if v is not None and v < 1 else (f"{v:.2f}" if v is not None else "-")
 
 
-def speed_table(rows, impls=("fused",)):
-    """The op table; impls: the fused rows' names (one on the CPU, one per backend on a GPU)."""
+def speed_table(rows, impls=("fused",), copy_gbs=None):
+    """The op table; impls: the fused rows' names (one on the CPU, one per backend on a GPU).
+    copy_gbs: the machine's copy bandwidth, for the `copy` column: the time a copy of the fused
+    op's bytes takes (benchmarks.cases.bytes_per_element), the op's memory limit."""
+    from benchmarks.cases import bytes_per_element, numel
+    import torch
+
+    if copy_gbs:
+        for (op, size, dtype), r in rows.items():
+            r["copy"] = bytes_per_element(op, getattr(torch, dtype)) * numel(size) / copy_gbs / 1e6
     ratios = [(f"eager/{i}", "eager", i) for i in impls] + [(f"compile/{i}", "compile", i) for i in impls] + \
-        [(f"{i}/floor", i, "floor") for i in impls]
-    times = [*impls, "eager", "compile", "floor"]
+        [(f"{i}/floor", i, "floor") for i in impls] + ([(f"{i}/copy", i, "copy") for i in impls] if copy_gbs else [])
+    times = [*impls, "eager", "compile", "floor"] + (["copy"] if copy_gbs else [])
     lines = ["| op | size | dtype | " + " | ".join(f"{t} ms" for t in times) + " | " +
              " | ".join(name for name, _, _ in ratios) + " |",
              "| --- | --- | --- | " + " | ".join("---:" for _ in times + ratios) + " |"]
@@ -145,8 +153,16 @@ def main(argv=None):
     report = {"machine": data["machine_info"].get("cpu", {}).get("brand_raw", "?"), "ops": [
         {"op": op, "size": size, "dtype": dtype, **{f"{k}_ms": v for k, v in r.items()}}
         for (op, size, dtype), r in rows.items()]}
-    md = [f"Medians of 7 rounds (15 after 6 warm-up rounds from 1M elements), 2 threads, on {report['machine']}; every ratio from this one run.\n",
-          speed_table(rows)]
+    from benchmarks.meta_iteration import memory_bandwidth_gbs
+    from dropgrad_cuda import _C
+
+    bw = memory_bandwidth_gbs()
+    report.update(copy_bandwidth_gbs=bw, cpu_isa=_C.cpu_isa())
+    md = [f"Medians of 7 rounds (15 after 6 warm-up rounds from 1M elements), 2 threads, on {report['machine']} "
+          f"(CPU kernels: {_C.cpu_isa()}); every ratio from this one run. `copy`: the time a copy of the fused "
+          f"op's bytes takes at this machine's copy bandwidth, {bw:.1f} GB/s (2 threads), the memory limit; "
+          "fused/copy is how far an op is from it.\n",
+          speed_table(rows, copy_gbs=bw)]
 
     from benchmarks import host_cost, huge_pages
 
@@ -212,9 +228,6 @@ def main(argv=None):
                   "heap: bytes in use in glibc's heap (mallinfo2, every arena and mmapped chunk, so tensors "
                   "included) sampled after every op of one meta-iteration in a fresh process, above the level "
                   "before it.")
-        bw = mi.memory_bandwidth_gbs()
-        md.append(f"\nMemory bandwidth of this machine (copy, 2 threads): {bw:.1f} GB/s.")
-        report.update(copy_bandwidth_gbs=bw)
 
         stage("meta-batch under torch.func.vmap vs the per-task loop")
         vm = vmap_meta_batch.run()

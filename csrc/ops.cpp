@@ -11,6 +11,7 @@
 #include <ATen/CPUGeneratorImpl.h>
 #include <torch/library.h>
 
+#include <limits>
 #include <mutex>
 
 #include "autograd.h"
@@ -51,7 +52,22 @@ PyObject* cpu_isas(PyObject*, PyObject*) {
   return out;
 }
 
+// _C.check_stream_args(p, mode, offset, span): dg::check_stream_args for the Python namespaces.
+PyObject* check_stream_args(PyObject*, PyObject* args) {
+  double p;
+  long long mode, offset, span;
+  if (!PyArg_ParseTuple(args, "dLLL", &p, &mode, &offset, &span)) return nullptr;
+  try {
+    dg::check_stream_args(p, mode, offset, span);
+  } catch (const c10::ValueError& e) {
+    PyErr_SetString(PyExc_ValueError, e.what_without_backtrace());
+    return nullptr;
+  }
+  Py_RETURN_NONE;
+}
+
 PyMethodDef methods[] = {
+    {"check_stream_args", check_stream_args, METH_VARARGS, "Checks an op's p, mode and offset as every kernel does."},
     {"draw_seed", draw_seed, METH_NOARGS, "A seed from torch's default generator, as torch.randint(0, 2**63 - 1, ())."},
     {"cpu_isa", cpu_isa, METH_VARARGS, "The CPU kernels' instruction set, after setting it to the given one."},
     {"cpu_isas", cpu_isas, METH_NOARGS, "The CPU kernels' instruction sets this CPU runs, slowest first."},
@@ -96,6 +112,14 @@ void dg::define_ops(torch::Library& m) {
   m.def(
       "meta_dropout_double_backward(Tensor grad_grad_f, Tensor grad_grad_a, Tensor grad_out, Tensor f, Tensor a, "
       "bool deterministic, int seed, int offset, Tensor? rng_state=None) -> (Tensor, Tensor, Tensor)");
+}
+
+void dg::check_stream_args(double p, int64_t mode, int64_t offset, int64_t span) {
+  TORCH_CHECK_VALUE(p >= 0.0 && p < 1.0, "p must be in [0, 1), got ", p);
+  TORCH_CHECK_VALUE(mode >= kNone && mode <= kNormal, "mode must be 0 (none), 1 (bernoulli), 2 (gaussian) or 3 (normal), got ",
+                    mode);
+  TORCH_CHECK_VALUE(offset >= 0 && offset % 4 == 0 && offset <= std::numeric_limits<int64_t>::max() - span,
+                    "offset must be a non-negative multiple of 4 below 2**63 - numel, got ", offset);
 }
 
 int64_t dg::batch_list_span(at::TensorList params, int64_t batch) {

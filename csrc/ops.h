@@ -5,6 +5,8 @@
 
 #include <cstdint>
 
+#include "dropgrad_math.h"
+
 namespace dg {
 void define_ops(torch::Library& m);
 
@@ -12,6 +14,20 @@ void define_ops(torch::Library& m);
 // param without the batch along dim 0; returns the span of one list, the stream distance from
 // list b to list b + 1 (0 when batch is 0: one list).
 int64_t batch_list_span(at::TensorList params, int64_t batch);
+
+// The checks of an op's stream arguments, written once for every namespace: the C++ kernels call
+// it, the Python ones (the reference's, Triton's) and the public functions through
+// dropgrad_cuda._C.check_stream_args, so a bad p, mode or offset raises the same ValueError with the
+// same message wherever it is passed. span: the stream length the call reads (numel; a list's
+// spans), which the offset must leave room for.
+void check_stream_args(double p, int64_t mode, int64_t offset, int64_t span);
+
+// The stream length of a list: its tensors' spans added up.
+inline int64_t list_span(at::TensorList ts) {
+  int64_t total = 0;
+  for (const at::Tensor& t : ts) total += span(t.numel());
+  return total;
+}
 
 // The instruction set the CPU kernels run with (csrc/cpu/kernels.inc): "default", "avx2" or
 // "avx512". cpu_isas(): how many of those, in that order, this CPU runs. set_cpu_isa: false (and

@@ -129,8 +129,7 @@ def _check_p(p):
     if isinstance(p, bool) or not isinstance(p, numbers.Real):
         raise TypeError(f"p must be a real number, got {type(p).__name__}")
     p = float(p)
-    if math.isnan(p) or not 0.0 <= p < 1.0:
-        raise ValueError(f"p must be in [0, 1), got {p}")
+    _C.check_stream_args(p, 0, 0, 0)  # the op layer's message for a p out of range
     return p
 
 
@@ -193,8 +192,9 @@ def _offset(offset, numel):
     if offset == 0 and type(offset) is int:
         return 0
     offset = _check_int(offset, "offset")
-    if offset < 0 or offset % 4 or offset + numel >= 1 << 63:
+    if not -(1 << 63) <= offset < 1 << 63:  # what the op layer's int64 cannot receive
         raise ValueError(f"offset must be a non-negative multiple of 4 below 2**63 - numel, got {offset}")
+    _C.check_stream_args(0.0, 0, offset, numel)  # the op layer's check and message
     return offset
 
 

@@ -156,3 +156,59 @@ def test_in_place_step_under_a_transform_says_to_use_dropgrad_step():
         vmap(lambda w: dg.dropgrad_step_([w], [w], 0.1, 0.0))(w)
     with pytest.raises(RuntimeError, match="not supported under torch.func transforms"):
         grad(lambda w: (dg.dropgrad_step_([w.detach()], [w.detach()], 0.1, 0.0), w.sum())[1])(w)
+
+
+def _namespaces():
+    """Every namespace of raw ops: the CPU kernels', the emulated CUDA kernels', Triton's (under its
+    interpreter) and the reference's."""
+    from dropgrad_cuda import _reference_ops
+    out = [torch.ops.dropgrad, _reference_ops]
+    if dg.cuda_emulator_built():
+        out.append(torch.ops.dropgrad_emulated)
+    if os.environ.get("TRITON_INTERPRET") == "1":
+        from dropgrad_cuda.triton_kernels import ops  # noqa: F401  registers the namespace
+        out.append(torch.ops.dropgrad_triton)
+    return out
+
+
+def _outcome(call):
+    try:
+        call()
+    except Exception as e:  # noqa: BLE001  the type and message are what is compared
+        return type(e), str(e)
+    return None
+
+
+# (raw op call on a namespace, the public function's call with the same bad value or None)
+_SCALAR_BAD = {
+    "p above 1": (lambda k: k.drop_grad.default(G, 1.5, 2, 5, 0, None), lambda: dg.drop_grad(G, 1.5)),
+    "p negative": (lambda k: k.dropgrad_update.default(W, G, None, 0.1, -0.2, 2, 5, 0, None),
+                   lambda: dg.dropgrad_update(W, G, 0.1, -0.2)),
+    "p nan": (lambda k: k.drop_grad.default(G, float("nan"), 1, 5, 0, None), lambda: dg.drop_grad(G, float("nan"))),
+    "p in the in-place step": (lambda k: k.dropgrad_step_.default([W.clone()], [G], [], 0.1, 0.0, 1.5, 2, 5, 0, None),
+                               lambda: dg.dropgrad_step_([W.clone()], [G], 0.1, 1.5)),
+    "p in a list": (lambda k: k.dropgrad_step.default([W], [G], [], 0.1, 1.5, 2, 5, 0, None),
+                    lambda: dg.dropgrad_step([W], [G], 0.1, 1.5)),
+    "mode 7": (lambda k: k.drop_grad.default(G, 0.1, 7, 5, 0, None), None),
+    "offset not a multiple of 4": (lambda k: k.drop_grad.default(G, 0.1, 2, 5, 3, None),
+                                   lambda: dg.drop_grad(G, 0.1, offset=3)),
+    "offset negative": (lambda k: k.meta_dropout.default(W, G, False, 5, -4, None),
+                        lambda: dg.meta_dropout(W, G, offset=-4)),
+    "offset past 2**63": (lambda k: k.noise.default(G, 0.0, 3, 5, 2**63 - 8, None), None),
+    "offset in a backward": (lambda k: k.meta_dropout_backward.default(G, W, G, False, 5, 6, None), None),
+}
+
+
+@pytest.mark.parametrize("case", list(_SCALAR_BAD))
+def test_raw_ops_of_every_namespace_and_the_public_function_say_the_same(case):
+    """The op layer checks p, mode and offset itself (main: the CPU and emulated kernels took p = 1.5,
+    mode 7 and offset 3 silently and computed garbage), with one exception type and message on every
+    namespace, and the public function raises that same one."""
+    raw, public = _SCALAR_BAD[case]
+    outcomes = {k: _outcome(lambda: raw(k)) for k in _namespaces()}
+    first = next(iter(outcomes.values()))
+    assert first is not None and first[0] is ValueError, outcomes
+    assert all(o == first for o in outcomes.values()), outcomes
+    assert first[1].split(" ")[0] in ("p", "mode", "offset")  # names the argument, first
+    if public is not None:
+        assert _outcome(public) == first

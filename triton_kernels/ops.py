@@ -5,7 +5,7 @@ import math
 import torch
 import triton
 
-from dropgrad_cuda import _autograd
+from dropgrad_cuda import _C, _autograd
 from dropgrad_cuda.ops import OP_NAMES
 from dropgrad_cuda.reference import dense, empty_in_layout, in_layout, span, stream_offsets
 
@@ -61,6 +61,7 @@ def _state(rng_state, like, noisy=True):
 
 
 def _elementwise(kind, out, grad, param, lr_t, numel, p, mode, seed, offset, rng_state):
+    _C.check_stream_args(p, mode, offset, numel)
     lr_full = lr_t is not None and lr_t.dim() > 0
     mode = _mode(p, mode)
     state, has_state = _state(rng_state, out, mode != 0)
@@ -99,6 +100,7 @@ def _step(params, grads, lrs, lr, weight_decay, p, mode, seed, offset, rng_state
     With batch > 0 each tensor is `batch` rows, one per list, each a row of the launch's table
     starting list b's stream b list spans after list 0's. In place, the outputs are the params, one
     that is not dense through a copy written back."""
+    _C.check_stream_args(p, mode, offset, sum(span(w.numel()) for w in params))
     if batch < 0:
         raise RuntimeError(f"batch must be non-negative, got {batch}")
     nrows = max(batch, 1)
@@ -159,7 +161,12 @@ def dropgrad_step_(params, grads, lrs, lr, weight_decay, p, noise_mode, seed, of
     _step(params, grads, lrs, lr, weight_decay, p, noise_mode, seed, offset, rng_state, True)
 
 
+def _check_eps_args(deterministic, offset, f):
+    _C.check_stream_args(0.0, 0 if deterministic else 3, offset, f.numel())
+
+
 def meta_dropout(f, a, deterministic, seed, offset, rng_state=None):
+    _check_eps_args(deterministic, offset, f)
     out = empty_in_layout(f)
     fc, ac = in_layout(f, out), in_layout(a, out)
     state, has_state = _state(rng_state, fc, not deterministic)
@@ -169,6 +176,7 @@ def meta_dropout(f, a, deterministic, seed, offset, rng_state=None):
 
 
 def meta_dropout_backward(grad_out, f, a, deterministic, seed, offset, rng_state=None):
+    _check_eps_args(deterministic, offset, f)
     gf, ga = empty_in_layout(f), empty_in_layout(f)
     fc, ac, g = in_layout(f, gf), in_layout(a, gf), in_layout(grad_out.to(f.dtype), gf)
     state, has_state = _state(rng_state, fc, not deterministic)
@@ -178,6 +186,7 @@ def meta_dropout_backward(grad_out, f, a, deterministic, seed, offset, rng_state
 
 
 def meta_dropout_double_backward(grad_grad_f, grad_grad_a, grad_out, f, a, deterministic, seed, offset, rng_state=None):
+    _check_eps_args(deterministic, offset, f)
     outs = [empty_in_layout(f) for _ in range(3)]
     fc = in_layout(f, outs[0])
     ins = [in_layout(t.to(fc.dtype), fc) for t in (grad_grad_f, grad_grad_a, grad_out)]

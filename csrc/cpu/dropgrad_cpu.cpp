@@ -196,6 +196,7 @@ at::Tensor philox4x32_10_cpu(const at::Tensor& counter, const at::Tensor& key) {
 }
 
 at::Tensor noise_cpu(const at::Tensor& like, double p, int64_t mode, int64_t seed, int64_t offset, const OptTensor& rng_state) {
+  dg::check_stream_args(p, mode, offset, like.numel());
   resolve_seed(rng_state, seed, offset);
   at::Tensor out = empty_output(like, like.options().dtype(at::kFloat));
   float* o = out.data_ptr<float>();
@@ -209,6 +210,7 @@ at::Tensor noise_cpu(const at::Tensor& like, double p, int64_t mode, int64_t see
 
 at::Tensor drop_grad_cpu(const at::Tensor& grad, double p, int64_t mode, int64_t seed, int64_t offset,
                          const OptTensor& rng_state) {
+  dg::check_stream_args(p, mode, offset, grad.numel());
   resolve_seed(rng_state, seed, offset);
   check_floating(grad, "grad");
   at::Tensor out = empty_output(grad);
@@ -227,6 +229,7 @@ at::Tensor drop_grad_cpu(const at::Tensor& grad, double p, int64_t mode, int64_t
 at::Tensor dropgrad_update_cpu(const at::Tensor& param, const at::Tensor& grad,
                                const OptTensor& lr_tensor, double lr, double p,
                                int64_t mode, int64_t seed, int64_t offset, const OptTensor& rng_state) {
+  dg::check_stream_args(p, mode, offset, param.numel());
   resolve_seed(rng_state, seed, offset);
   check_floating(param, "param");
   check_floating(grad, "grad");
@@ -257,6 +260,7 @@ at::Tensor dropgrad_update_cpu(const at::Tensor& param, const at::Tensor& grad,
 void step_cpu(at::TensorList params, at::TensorList grads, at::TensorList lrs, double lr, double weight_decay,
               double p, int64_t mode, int64_t seed, int64_t offset, const OptTensor& rng_state, int64_t batch,
               bool in_place, std::vector<at::Tensor>& outs) {
+  dg::check_stream_args(p, mode, offset, dg::list_span(params));
   resolve_seed(rng_state, seed, offset);
   const size_t nt = params.size();
   TORCH_CHECK(grads.size() == nt, "params and grads must have the same length");
@@ -327,6 +331,7 @@ void dropgrad_step__cpu(at::TensorList params, at::TensorList grads, at::TensorL
 
 at::Tensor meta_dropout_cpu(const at::Tensor& f, const at::Tensor& a, bool deterministic, int64_t seed,
                             int64_t offset, const OptTensor& rng_state) {
+  dg::check_stream_args(0.0, deterministic ? dg::kNone : dg::kNormal, offset, f.numel());
   resolve_seed(rng_state, seed, offset);
   check_floating(f, "f");
   check_floating(a, "a");
@@ -348,6 +353,7 @@ at::Tensor meta_dropout_cpu(const at::Tensor& f, const at::Tensor& a, bool deter
 std::tuple<at::Tensor, at::Tensor> meta_dropout_backward_cpu(const at::Tensor& grad_out, const at::Tensor& f,
                                                              const at::Tensor& a, bool deterministic, int64_t seed,
                                                              int64_t offset, const OptTensor& rng_state) {
+  dg::check_stream_args(0.0, deterministic ? dg::kNone : dg::kNormal, offset, f.numel());
   resolve_seed(rng_state, seed, offset);
   check_floating(grad_out, "grad_out");
   TORCH_CHECK(grad_out.sizes() == f.sizes() && f.sizes() == a.sizes(), "grad_out, f and a must have the same shape");
@@ -372,6 +378,7 @@ std::tuple<at::Tensor, at::Tensor> meta_dropout_backward_cpu(const at::Tensor& g
 std::tuple<at::Tensor, at::Tensor, at::Tensor> meta_dropout_double_backward_cpu(
     const at::Tensor& grad_grad_f, const at::Tensor& grad_grad_a, const at::Tensor& grad_out, const at::Tensor& f,
     const at::Tensor& a, bool deterministic, int64_t seed, int64_t offset, const OptTensor& rng_state) {
+  dg::check_stream_args(0.0, deterministic ? dg::kNone : dg::kNormal, offset, f.numel());
   resolve_seed(rng_state, seed, offset);
   check_floating(f, "f");
   for (const at::Tensor* t : {&grad_grad_f, &grad_grad_a, &grad_out, &a}) {

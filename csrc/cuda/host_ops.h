@@ -91,6 +91,7 @@ at::Tensor philox4x32_10(const at::Tensor& counter, const at::Tensor& key) {
 template <class D>
 at::Tensor noise(const at::Tensor& like, double p, int64_t mode, int64_t seed, int64_t offset,
                  const OptTensor& rng_state) {
+  dg::check_stream_args(p, mode, offset, like.numel());
   TORCH_CHECK(like.device().type() == D::kDevice, "like must be a ", c10::DeviceTypeName(D::kDevice), " tensor");
   const typename D::Guard guard(like.device());
   at::Tensor out = dg::empty_in_layout(like, like.options().dtype(at::kFloat));
@@ -101,6 +102,7 @@ at::Tensor noise(const at::Tensor& like, double p, int64_t mode, int64_t seed, i
 template <class D>
 at::Tensor drop_grad(const at::Tensor& grad, double p, int64_t mode, int64_t seed, int64_t offset,
                      const OptTensor& rng_state) {
+  dg::check_stream_args(p, mode, offset, grad.numel());
   check<D>(grad, "grad");
   const typename D::Guard guard(grad.device());
   at::Tensor out = dg::empty_in_layout(grad, grad.options());
@@ -113,6 +115,7 @@ at::Tensor drop_grad(const at::Tensor& grad, double p, int64_t mode, int64_t see
 template <class D>
 at::Tensor dropgrad_update(const at::Tensor& param, const at::Tensor& grad, const OptTensor& lr_tensor, double lr,
                            double p, int64_t mode, int64_t seed, int64_t offset, const OptTensor& rng_state) {
+  dg::check_stream_args(p, mode, offset, param.numel());
   check<D>(param, "param");
   TORCH_CHECK(param.sizes() == grad.sizes() && param.scalar_type() == grad.scalar_type() &&
                   grad.device() == param.device(),
@@ -137,6 +140,7 @@ template <class D>
 std::vector<at::Tensor> step(at::TensorList params, at::TensorList grads, at::TensorList lrs, double lr,
                              double weight_decay, double p, int64_t mode, int64_t seed, int64_t offset,
                              const OptTensor& rng_state, int64_t batch, bool in_place) {
+  dg::check_stream_args(p, mode, offset, dg::list_span(params));
   const size_t nt = params.size();
   TORCH_CHECK(grads.size() == nt && (lrs.empty() || lrs.size() == nt), "params, grads and lrs must match in length");
   const int64_t list_span = dg::batch_list_span(params, batch), rows = std::max<int64_t>(batch, 1);
@@ -197,6 +201,7 @@ void dropgrad_step_(at::TensorList params, at::TensorList grads, at::TensorList 
 template <class D>
 at::Tensor meta_dropout(const at::Tensor& f, const at::Tensor& a, bool deterministic, int64_t seed, int64_t offset,
                         const OptTensor& rng_state) {
+  dg::check_stream_args(0.0, deterministic ? dg::kNone : dg::kNormal, offset, f.numel());
   check<D>(f, "f");
   TORCH_CHECK(f.sizes() == a.sizes() && f.scalar_type() == a.scalar_type() && a.device() == f.device(),
               "f and a must have the same shape, dtype and device");
@@ -212,6 +217,7 @@ template <class D>
 std::tuple<at::Tensor, at::Tensor> meta_dropout_backward(const at::Tensor& grad_out, const at::Tensor& f,
                                                          const at::Tensor& a, bool deterministic, int64_t seed,
                                                          int64_t offset, const OptTensor& rng_state) {
+  dg::check_stream_args(0.0, deterministic ? dg::kNone : dg::kNormal, offset, f.numel());
   check<D>(f, "f");
   TORCH_CHECK(grad_out.sizes() == f.sizes() && f.sizes() == a.sizes() && grad_out.device() == f.device() &&
                   a.device() == f.device(),
@@ -230,6 +236,7 @@ template <class D>
 std::tuple<at::Tensor, at::Tensor, at::Tensor> meta_dropout_double_backward(
     const at::Tensor& grad_grad_f, const at::Tensor& grad_grad_a, const at::Tensor& grad_out, const at::Tensor& f,
     const at::Tensor& a, bool deterministic, int64_t seed, int64_t offset, const OptTensor& rng_state) {
+  dg::check_stream_args(0.0, deterministic ? dg::kNone : dg::kNormal, offset, f.numel());
   check<D>(f, "f");
   const at::Tensor* ins[5] = {&grad_grad_f, &grad_grad_a, &grad_out, &f, &a};
   for (const at::Tensor* t : ins) {
