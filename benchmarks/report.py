@@ -170,7 +170,7 @@ def main(argv=None):
     hc = host_cost.run()
     md += ["\nHost cost on tiny tensors (10 elements, one thread: the arithmetic is negligible, what remains is "
            "Python, checks, the dispatcher and autograd, which bound small models on a GPU); variants "
-           f"interleaved over {host_cost.ROUNDS} rounds, the ratios' 95% intervals over the paired rounds:\n",
+           f"interleaved over {host_cost.ROUNDS} rounds, each ratio the median over the paired rounds with its 95% interval (order statistics):\n",
            host_cost.table(hc)]
     report.update(host_cost=hc)
 
