@@ -8,11 +8,14 @@
 // cuda_rng_state fills one from torch's CUDA generator on the device, so a captured CUDA graph
 // draws fresh noise on every replay, and backward reuses the state of its forward.
 #include <Python.h>
+#include <torch/csrc/autograd/python_variable.h>
 #include <ATen/CPUGeneratorImpl.h>
 #include <torch/library.h>
 
 #include <limits>
 #include <mutex>
+#include <string>
+#include <vector>
 
 #include "autograd.h"
 #include "dropgrad_math.h"
@@ -52,22 +55,94 @@ PyObject* cpu_isas(PyObject*, PyObject*) {
   return out;
 }
 
-// _C.check_stream_args(p, mode, offset, span): dg::check_stream_args for the Python namespaces.
-PyObject* check_stream_args(PyObject*, PyObject* args) {
-  double p;
-  long long mode, offset, span;
-  if (!PyArg_ParseTuple(args, "dLLL", &p, &mode, &offset, &span)) return nullptr;
+// The checks of csrc/ops.h for the Python namespaces (the reference's, Triton's) and the public
+// functions: each raises what the C++ kernels raise, ValueError or TypeError with the same message.
+template <class F>
+PyObject* checked(F&& check) {
   try {
-    dg::check_stream_args(p, mode, offset, span);
+    check();
   } catch (const c10::ValueError& e) {
     PyErr_SetString(PyExc_ValueError, e.what_without_backtrace());
+    return nullptr;
+  } catch (const c10::TypeError& e) {
+    PyErr_SetString(PyExc_TypeError, e.what_without_backtrace());
     return nullptr;
   }
   Py_RETURN_NONE;
 }
 
+bool tensor_arg(PyObject* o, const char* what) {
+  if (THPVariable_Check(o)) return true;
+  PyErr_Format(PyExc_TypeError, "%s must be a torch.Tensor", what);
+  return false;
+}
+
+std::vector<at::Tensor> tensor_list(PyObject* seq, const char* what, bool* ok) {
+  std::vector<at::Tensor> out;
+  PyObject* fast = PySequence_Fast(seq, what);
+  *ok = fast != nullptr;
+  for (Py_ssize_t i = 0; *ok && i < PySequence_Fast_GET_SIZE(fast); ++i) {
+    PyObject* item = PySequence_Fast_GET_ITEM(fast, i);
+    *ok = tensor_arg(item, what);
+    if (*ok) out.push_back(THPVariable_Unpack(item));
+  }
+  Py_XDECREF(fast);
+  return out;
+}
+
+// _C.check_stream_args(p, mode, offset, span)
+PyObject* check_stream_args(PyObject*, PyObject* args) {
+  double p;
+  long long mode, offset, span;
+  if (!PyArg_ParseTuple(args, "dLLL", &p, &mode, &offset, &span)) return nullptr;
+  return checked([&] { dg::check_stream_args(p, mode, offset, span); });
+}
+
+// _C.check_float(t, name)
+PyObject* check_float(PyObject*, PyObject* args) {
+  PyObject* t;
+  const char* name;
+  if (!PyArg_ParseTuple(args, "Os", &t, &name) || !tensor_arg(t, name)) return nullptr;
+  return checked([&] { dg::check_float(THPVariable_Unpack(t), name); });
+}
+
+// _C.check_pair(a, b, a_name, b_name)
+PyObject* check_pair(PyObject*, PyObject* args) {
+  PyObject *a, *b;
+  const char *an, *bn;
+  if (!PyArg_ParseTuple(args, "OOss", &a, &b, &an, &bn) || !tensor_arg(a, an) || !tensor_arg(b, bn)) return nullptr;
+  return checked([&] { dg::check_pair(THPVariable_Unpack(a), THPVariable_Unpack(b), an, bn); });
+}
+
+// _C.check_lr(lr, param, name)
+PyObject* check_lr(PyObject*, PyObject* args) {
+  PyObject *lr, *param;
+  const char* name;
+  if (!PyArg_ParseTuple(args, "OOs", &lr, &param, &name) || !tensor_arg(lr, name) || !tensor_arg(param, "param")) {
+    return nullptr;
+  }
+  return checked([&] { dg::check_lr(THPVariable_Unpack(lr), THPVariable_Unpack(param), name); });
+}
+
+// _C.check_lists(params, grads, lrs, batch)
+PyObject* check_lists(PyObject*, PyObject* args) {
+  PyObject *ps, *gs, *ls;
+  long long batch;
+  if (!PyArg_ParseTuple(args, "OOOL", &ps, &gs, &ls, &batch)) return nullptr;
+  bool ok = true;
+  const auto params = tensor_list(ps, "params", &ok);
+  const auto grads = ok ? tensor_list(gs, "grads", &ok) : std::vector<at::Tensor>();
+  const auto lrs = ok ? tensor_list(ls, "lrs", &ok) : std::vector<at::Tensor>();
+  if (!ok) return nullptr;
+  return checked([&] { dg::check_lists(params, grads, lrs, batch); });
+}
+
 PyMethodDef methods[] = {
     {"check_stream_args", check_stream_args, METH_VARARGS, "Checks an op's p, mode and offset as every kernel does."},
+    {"check_float", check_float, METH_VARARGS, "Checks a tensor's dtype as every kernel does."},
+    {"check_pair", check_pair, METH_VARARGS, "Checks b beside a (shape, dtype, device) as every kernel does."},
+    {"check_lr", check_lr, METH_VARARGS, "Checks a tensor lr beside param as every kernel does."},
+    {"check_lists", check_lists, METH_VARARGS, "Checks a list call's params, grads and lrs as every kernel does."},
     {"draw_seed", draw_seed, METH_NOARGS, "A seed from torch's default generator, as torch.randint(0, 2**63 - 1, ())."},
     {"cpu_isa", cpu_isa, METH_VARARGS, "The CPU kernels' instruction set, after setting it to the given one."},
     {"cpu_isas", cpu_isas, METH_NOARGS, "The CPU kernels' instruction sets this CPU runs, slowest first."},
@@ -120,6 +195,59 @@ void dg::check_stream_args(double p, int64_t mode, int64_t offset, int64_t span)
                     mode);
   TORCH_CHECK_VALUE(offset >= 0 && offset % 4 == 0 && offset <= std::numeric_limits<int64_t>::max() - span,
                     "offset must be a non-negative multiple of 4 below 2**63 - numel, got ", offset);
+}
+
+namespace {
+std::string py_dtype(at::ScalarType t) { return "torch." + std::string(c10::getDtypeNames(t).first); }
+
+std::string py_shape(at::IntArrayRef sizes) {
+  std::string out = "(";
+  for (size_t i = 0; i < sizes.size(); ++i) out += (i ? ", " : "") + std::to_string(sizes[i]);
+  return out + (sizes.size() == 1 ? ",)" : ")");
+}
+}  // namespace
+
+void dg::check_float(const at::Tensor& t, const std::string& name) {
+  const auto st = t.scalar_type();
+  TORCH_CHECK_TYPE(st == at::kHalf || st == at::kBFloat16 || st == at::kFloat || st == at::kDouble, name,
+                   " must be float16, bfloat16, float32 or float64, got ", py_dtype(st));
+}
+
+void dg::check_pair(const at::Tensor& a, const at::Tensor& b, const std::string& an, const std::string& bn) {
+  check_float(a, an);
+  check_float(b, bn);
+  TORCH_CHECK_VALUE(b.sizes() == a.sizes(), bn, " must have ", an, "'s shape ", py_shape(a.sizes()), ", got ",
+                    py_shape(b.sizes()));
+  TORCH_CHECK_TYPE(b.scalar_type() == a.scalar_type(), bn, " must have ", an, "'s dtype ", py_dtype(a.scalar_type()),
+                   ", got ", py_dtype(b.scalar_type()));
+  TORCH_CHECK_VALUE(b.device() == a.device(), bn, " is on ", b.device().str(), " but ", an, " is on ",
+                    a.device().str());
+}
+
+void dg::check_lr(const at::Tensor& lr, const at::Tensor& param, const std::string& name) {
+  TORCH_CHECK_TYPE(at::isFloatingType(lr.scalar_type()), name, " must be a floating-point tensor, got ",
+                   py_dtype(lr.scalar_type()));
+  TORCH_CHECK_VALUE(lr.device() == param.device(), name, " is on ", lr.device().str(), " but param is on ",
+                    param.device().str());
+  if (lr.dim() == 0) return;
+  TORCH_CHECK_VALUE(lr.sizes() == param.sizes(), name, " must be 0-d or have param's shape ", py_shape(param.sizes()),
+                    ", got ", py_shape(lr.sizes()));
+  TORCH_CHECK_TYPE(lr.scalar_type() == param.scalar_type(), "a full-shape ", name, " must have param's dtype ",
+                   py_dtype(param.scalar_type()), ", got ", py_dtype(lr.scalar_type()));
+}
+
+void dg::check_lists(at::TensorList params, at::TensorList grads, at::TensorList lrs, int64_t batch) {
+  TORCH_CHECK_VALUE(params.size() == grads.size(), "params and grads must have the same length, got ", params.size(),
+                    " and ", grads.size());
+  TORCH_CHECK_VALUE(lrs.empty() || lrs.size() == params.size(), "lr must have one entry per param (", params.size(),
+                    "), got ", lrs.size());
+  for (size_t k = 0; k < params.size(); ++k) {
+    const std::string i = "[" + std::to_string(k) + "]";
+    check_pair(params[k], grads[k], "params" + i, "grads" + i);
+    TORCH_CHECK_VALUE(params[k].device() == params[0].device(), "params", i, " is on ", params[k].device().str(),
+                      " but params[0] is on ", params[0].device().str());
+    if (!lrs.empty() && batch == 0) check_lr(lrs[k], params[k], "lr" + i);
+  }
 }
 
 int64_t dg::batch_list_span(at::TensorList params, int64_t batch) {

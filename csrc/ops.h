@@ -4,6 +4,7 @@
 #include <torch/library.h>
 
 #include <cstdint>
+#include <string>
 
 #include "dropgrad_math.h"
 
@@ -21,6 +22,19 @@ int64_t batch_list_span(at::TensorList params, int64_t batch);
 // same message wherever it is passed. span: the stream length the call reads (numel; a list's
 // spans), which the offset must leave room for.
 void check_stream_args(double p, int64_t mode, int64_t offset, int64_t span);
+
+// The checks of an op's tensor arguments, written once for every namespace as check_stream_args
+// is (the Python namespaces and the public functions call them through _C): the same exception
+// type and message, naming the argument, for the same mistake. Dtypes, shapes and devices are
+// written as Python writes them (torch.float32, (4, 3), cpu).
+void check_float(const at::Tensor& t, const std::string& name);
+// b beside a: a floating tensor of a's shape, dtype and device.
+void check_pair(const at::Tensor& a, const at::Tensor& b, const std::string& an, const std::string& bn);
+// A tensor lr beside param: floating, on param's device, with one element or param's shape (and
+// then param's dtype).
+void check_lr(const at::Tensor& lr, const at::Tensor& param, const std::string& name);
+// A list call's params, grads and lrs (batch 0: lrs empty or one per param, each as check_lr).
+void check_lists(at::TensorList params, at::TensorList grads, at::TensorList lrs, int64_t batch);
 
 // The stream length of a list: its tensors' spans added up.
 inline int64_t list_span(at::TensorList ts) {

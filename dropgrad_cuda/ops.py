@@ -102,11 +102,15 @@ def _kernels(backend, where):
 
 
 # ---------------------------------------------------------------- argument checks
+# The Python layer checks what the op layer cannot see (Python types) and, for speed and for
+# torch.compile (which cannot trace into _C), tests the valid case itself; a failing argument goes
+# to the op layer's own check (csrc/ops.h, through _C) for its exception and message, so the public
+# functions and every namespace's raw ops say the same.
 def _check_tensor(t, name):
     if not isinstance(t, torch.Tensor):
         raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
     if t.dtype not in _FLOAT_DTYPES:
-        raise TypeError(f"{name} must be float16, bfloat16, float32 or float64, got {t.dtype}")
+        _C.check_float(t, name)
 
 
 def _check_pair(a, b, an, bn):
@@ -115,12 +119,7 @@ def _check_pair(a, b, an, bn):
         return  # the common call; otherwise name what is wrong
     _check_tensor(a, an)
     _check_tensor(b, bn)
-    if a.shape != b.shape:
-        raise ValueError(f"{bn} must have {an}'s shape {tuple(a.shape)}, got {tuple(b.shape)}")
-    if a.dtype != b.dtype:
-        raise TypeError(f"{bn} must have {an}'s dtype {a.dtype}, got {b.dtype}")
-    if a.device != b.device:
-        raise ValueError(f"{bn} is on {b.device} but {an} is on {a.device}")
+    _C.check_pair(a, b, an, bn)
 
 
 def _check_p(p):
@@ -192,9 +191,10 @@ def _offset(offset, numel):
     if offset == 0 and type(offset) is int:
         return 0
     offset = _check_int(offset, "offset")
-    if not -(1 << 63) <= offset < 1 << 63:  # what the op layer's int64 cannot receive
-        raise ValueError(f"offset must be a non-negative multiple of 4 below 2**63 - numel, got {offset}")
-    _C.check_stream_args(0.0, 0, offset, numel)  # the op layer's check and message
+    if offset < 0 or offset % 4 or offset + numel >= 1 << 63:
+        if offset >= 1 << 63:  # what the op layer's int64 cannot receive
+            raise ValueError(f"offset must be a non-negative multiple of 4 below 2**63 - numel, got {offset}")
+        _C.check_stream_args(0.0, 0, offset, numel)
     return offset
 
 
@@ -203,16 +203,9 @@ def _check_lr(lr, param, name="lr"):
     if type(lr) is float and not torch.compiler.is_compiling():
         return None, lr
     if isinstance(lr, torch.Tensor):
-        if not lr.is_floating_point():
-            raise TypeError(f"{name} must be a floating-point tensor, got {lr.dtype}")
-        if lr.device != param.device:
-            raise ValueError(f"{name} is on {lr.device} but param is on {param.device}")
-        if lr.dim() == 0:
-            return lr, 0.0
-        if lr.shape != param.shape:
-            raise ValueError(f"{name} must be 0-d or have param's shape {tuple(param.shape)}, got {tuple(lr.shape)}")
-        if lr.dtype != param.dtype:
-            raise TypeError(f"a full-shape {name} must have param's dtype {param.dtype}, got {lr.dtype}")
+        if not (lr.is_floating_point() and lr.device == param.device
+                and (lr.dim() == 0 or (lr.shape == param.shape and lr.dtype == param.dtype))):
+            _C.check_lr(lr, param, name)
         return lr, 0.0
     if isinstance(lr, bool) or not isinstance(lr, numbers.Real):
         raise TypeError(f"{name} must be a float or a tensor, got {type(lr).__name__}")
@@ -301,7 +294,7 @@ def _step(name, params, grads, lr, p, mode, seed, offset, backend, *weight_decay
     """The checks and the call of dropgrad_step (new tensors) and dropgrad_step_ (in place)."""
     params, grads = list(params), list(grads)
     if len(params) != len(grads):
-        raise ValueError(f"params and grads must have the same length, got {len(params)} and {len(grads)}")
+        _C.check_lists(params, grads, [], 0)
     if not params:
         return []
     if not isinstance(params[0], torch.Tensor):
@@ -311,7 +304,7 @@ def _step(name, params, grads, lr, p, mode, seed, offset, backend, *weight_decay
         _check_lists(params, grads)  # the C++ kernels check every pair themselves, at no Python cost
     if isinstance(lr, (list, tuple)):
         if len(lr) != len(params):
-            raise ValueError(f"lr must have one entry per param ({len(params)}), got {len(lr)}")
+            _C.check_lists(params, grads, [torch.empty(())] * len(lr), 0)
         lrs = [_check_lr(l, w, f"lr[{i}]")[0] for i, (l, w) in enumerate(zip(lr, params))]
         if any(l is None for l in lrs):
             raise TypeError("a list lr must hold tensors; pass a single float for one step size")
@@ -334,11 +327,10 @@ def _step(name, params, grads, lr, p, mode, seed, offset, backend, *weight_decay
 
 
 def _check_lists(params, grads):
-    device = params[0].device if isinstance(params[0], torch.Tensor) else None
     for i, (w, g) in enumerate(zip(params, grads)):
         _check_pair(w, g, f"params[{i}]", f"grads[{i}]")
-        if w.device != device:
-            raise ValueError(f"params[{i}] is on {w.device} but params[0] is on {device}")
+        if w.device != params[0].device:
+            _C.check_lists(params, grads, [], 0)
 
 
 def meta_dropout(f, a, *, deterministic=False, seed=None, offset=0, backend="auto"):

@@ -101,31 +101,33 @@ def test_cuda_backend_without_kernels_or_gpu():
 
 
 def test_raw_op_rejects_mismatched_shapes_without_crashing():
-    with pytest.raises(RuntimeError, match="same shape"):
+    with pytest.raises(ValueError, match=r"grad must have param's shape \(4, 3\), got \(5,\)"):
         torch.ops.dropgrad.dropgrad_update(W, torch.randn(5), None, 0.1, 0.1, 2, 1, 0)
 
 
 @pytest.mark.parametrize("ns", [pytest.param("dropgrad", id="cpu"),
                                 pytest.param("dropgrad_emulated", id="cuda-emulated", marks=needs_emulator)])
-@pytest.mark.parametrize("call,match", [
-    (lambda ns: ns.dropgrad_update(W, torch.randn(5), None, 0.1, 0.1, 2, 1, 0), "same shape"),
-    (lambda ns: ns.drop_grad(torch.ones(3, dtype=torch.int32), 0.1, 2, 1, 0), "float"),
-    (lambda ns: ns.dropgrad_step([W, W], [G], [], 0.1, 0.1, 2, 1, 0), "length"),
-    (lambda ns: ns.dropgrad_step([W], [G.double()], [], 0.1, 0.1, 2, 1, 0), r"params\[0\] and grads\[0\]"),
-    (lambda ns: ns.dropgrad_step_([W.clone()], [G.double()], [], 0.1, 0.0, 0.1, 2, 1, 0), r"params\[0\] and grads\[0\]"),
-    (lambda ns: ns.dropgrad_step_([W.clone(), W.clone()], [G], [], 0.1, 0.0, 0.1, 2, 1, 0), "length"),
-    (lambda ns: ns.dropgrad_update(W, G, torch.ones(2, 2), 0.1, 0.1, 2, 1, 0), "lr must"),
-    (lambda ns: ns.meta_dropout(W, torch.randn(4), False, 1, 0), "same shape"),
-    (lambda ns: ns.meta_dropout_backward(torch.randn(4), W, W, False, 1, 0), "same shape"),
-    (lambda ns: ns.meta_dropout_double_backward(W, W, torch.randn(4), W, W, False, 1, 0), "same shape"),
+@pytest.mark.parametrize("call,exc,match", [
+    (lambda ns: ns.dropgrad_update(W, torch.randn(5), None, 0.1, 0.1, 2, 1, 0), ValueError, "grad must have param's shape"),
+    (lambda ns: ns.drop_grad(torch.ones(3, dtype=torch.int32), 0.1, 2, 1, 0), TypeError, "grad must be float16"),
+    (lambda ns: ns.dropgrad_step([W, W], [G], [], 0.1, 0.1, 2, 1, 0), ValueError, "same length"),
+    (lambda ns: ns.dropgrad_step([W], [G.double()], [], 0.1, 0.1, 2, 1, 0), TypeError,
+     r"grads\[0\] must have params\[0\]'s dtype"),
+    (lambda ns: ns.dropgrad_step_([W.clone()], [G.double()], [], 0.1, 0.0, 0.1, 2, 1, 0), TypeError,
+     r"grads\[0\] must have params\[0\]'s dtype"),
+    (lambda ns: ns.dropgrad_step_([W.clone(), W.clone()], [G], [], 0.1, 0.0, 0.1, 2, 1, 0), ValueError, "length"),
+    (lambda ns: ns.dropgrad_update(W, G, torch.ones(2, 2), 0.1, 0.1, 2, 1, 0), ValueError, "lr must be 0-d"),
+    (lambda ns: ns.meta_dropout(W, torch.randn(4), False, 1, 0), ValueError, "a must have f's shape"),
+    (lambda ns: ns.meta_dropout_backward(torch.randn(4), W, W, False, 1, 0), RuntimeError, "same shape"),
+    (lambda ns: ns.meta_dropout_double_backward(W, W, torch.randn(4), W, W, False, 1, 0), RuntimeError, "same shape"),
     (lambda ns: ns.philox4x32_10(torch.zeros(3, 5, dtype=torch.int64), torch.zeros(3, 2, dtype=torch.int64)),
-     r"counter must have shape \(\.\.\., 4\)"),
-    (lambda ns: ns.drop_grad(G, 0.1, 2, 1, 0, torch.tensor([1.0, 2.0])), "rng_state must be"),
+     RuntimeError, r"counter must have shape \(\.\.\., 4\)"),
+    (lambda ns: ns.drop_grad(G, 0.1, 2, 1, 0, torch.tensor([1.0, 2.0])), RuntimeError, "rng_state must be"),
 ])
-def test_raw_kernel_ops_refuse_bad_input(ns, call, match):
+def test_raw_kernel_ops_refuse_bad_input(ns, call, exc, match):
     """The kernels' own host code (csrc/cpu; csrc/cuda/host_ops.h, run here by the emulator) checks
     what the Python layer does not reach."""
-    with pytest.raises(RuntimeError, match=match):
+    with pytest.raises(exc, match=match):
         call(getattr(torch.ops, ns))
 
 
@@ -197,18 +199,49 @@ _SCALAR_BAD = {
     "offset past 2**63": (lambda k: k.noise.default(G, 0.0, 3, 5, 2**63 - 8, None), None),
     "offset in a backward": (lambda k: k.meta_dropout_backward.default(G, W, G, False, 5, 6, None), None),
 }
+_T64 = torch.ones(4, 3, dtype=torch.float64)
+# The tensor mistakes the issue found answered three ways (or accepted by the reference).
+_TENSOR_BAD = {
+    "lr of the wrong shape": (lambda k: k.dropgrad_update.default(W, G, torch.ones(3), 0.0, 0.1, 2, 5, 0, None),
+                              lambda: dg.dropgrad_update(W, G, torch.ones(3), 0.1)),
+    "full-shape lr of another dtype": (lambda k: k.dropgrad_update.default(W, G, _T64, 0.0, 0.1, 2, 5, 0, None),
+                                       lambda: dg.dropgrad_update(W, G, _T64, 0.1)),
+    "integer lr": (lambda k: k.dropgrad_update.default(W, G, torch.tensor(1), 0.0, 0.1, 2, 5, 0, None),
+                   lambda: dg.dropgrad_update(W, G, torch.tensor(1), 0.1)),
+    "grad of another dtype": (lambda k: k.dropgrad_update.default(W, G.double(), None, 0.1, 0.1, 2, 5, 0, None),
+                              lambda: dg.dropgrad_update(W, G.double(), 0.1, 0.1)),
+    "grad of another shape": (lambda k: k.dropgrad_update.default(W, G.t(), None, 0.1, 0.1, 2, 5, 0, None),
+                              lambda: dg.dropgrad_update(W, G.t(), 0.1, 0.1)),
+    "integer grad": (lambda k: k.drop_grad.default(torch.ones(3, dtype=torch.int64), 0.1, 2, 5, 0, None),
+                     lambda: dg.drop_grad(torch.ones(3, dtype=torch.int64), 0.1)),
+    "lists of different lengths": (lambda k: k.dropgrad_step.default([W, W], [G], [], 0.1, 0.1, 2, 5, 0, None),
+                                   lambda: dg.dropgrad_step([W, W], [G], 0.1, 0.1)),
+    "an lr list of another length": (
+        lambda k: k.dropgrad_step.default([W], [G], [torch.tensor(0.1)] * 2, 0.0, 0.1, 2, 5, 0, None),
+        lambda: dg.dropgrad_step([W], [G], [torch.tensor(0.1)] * 2, 0.1)),
+    "a list pair of another shape": (
+        lambda k: k.dropgrad_step.default([W, W], [G, G.t()], [], 0.1, 0.1, 2, 5, 0, None),
+        lambda: dg.dropgrad_step([W, W], [G, G.t()], 0.1, 0.1)),
+    "in place, a pair of another dtype": (
+        lambda k: k.dropgrad_step_.default([W.clone()], [G.half()], [], 0.1, 0.0, 0.1, 2, 5, 0, None),
+        lambda: dg.dropgrad_step_([W.clone()], [G.half()], 0.1, 0.1)),
+    "meta_dropout's a of another shape": (lambda k: k.meta_dropout.default(W, G.t(), False, 5, 0, None),
+                                          lambda: dg.meta_dropout(W, G.t())),
+}
 
 
-@pytest.mark.parametrize("case", list(_SCALAR_BAD))
+@pytest.mark.parametrize("case", list(_SCALAR_BAD) + list(_TENSOR_BAD))
 def test_raw_ops_of_every_namespace_and_the_public_function_say_the_same(case):
-    """The op layer checks p, mode and offset itself (main: the CPU and emulated kernels took p = 1.5,
-    mode 7 and offset 3 silently and computed garbage), with one exception type and message on every
-    namespace, and the public function raises that same one."""
-    raw, public = _SCALAR_BAD[case]
+    """The op layer checks its arguments itself (main: the CPU and emulated kernels took p = 1.5,
+    mode 7 and offset 3 silently and computed garbage; a wrong lr shape got three messages; the
+    reference took a grad of another dtype and lists of different lengths), with one exception type
+    and message on every namespace, and the public function raises that same one."""
+    raw, public = {**_SCALAR_BAD, **_TENSOR_BAD}[case]
     outcomes = {k: _outcome(lambda: raw(k)) for k in _namespaces()}
     first = next(iter(outcomes.values()))
-    assert first is not None and first[0] is ValueError, outcomes
+    assert first is not None and first[0] in (ValueError, TypeError), outcomes
     assert all(o == first for o in outcomes.values()), outcomes
-    assert first[1].split(" ")[0] in ("p", "mode", "offset")  # names the argument, first
+    named = first[1].replace("a full-shape ", "").split(" ")[0].split("[")[0]
+    assert named in ("p", "mode", "offset", "lr", "grad", "grads", "params", "a")  # names the argument, first
     if public is not None:
         assert _outcome(public) == first

@@ -77,6 +77,7 @@ def noise(like, p, mode, seed, offset, rng_state=None):
 
 
 def drop_grad(grad, p, mode, seed, offset, rng_state=None):
+    _C.check_float(grad, "grad")
     out = empty_in_layout(grad)
     return _elementwise(K.DROP_GRAD, out, in_layout(grad, out), None, None, out.numel(), p, mode, seed, offset, rng_state)
 
@@ -89,6 +90,9 @@ def _lr_arg(lr_tensor, lr, param, out):
 
 
 def dropgrad_update(param, grad, lr_tensor, lr, p, mode, seed, offset, rng_state=None):
+    _C.check_pair(param, grad, "param", "grad")
+    if lr_tensor is not None:
+        _C.check_lr(lr_tensor, param, "lr")
     out = empty_in_layout(param)
     w, g = in_layout(param, out), in_layout(grad, out)
     return _elementwise(K.UPDATE, out, g, w, _lr_arg(lr_tensor, lr, w, out), w.numel(), p, mode, seed, offset,
@@ -101,6 +105,7 @@ def _step(params, grads, lrs, lr, weight_decay, p, mode, seed, offset, rng_state
     starting list b's stream b list spans after list 0's. In place, the outputs are the params, one
     that is not dense through a copy written back."""
     _C.check_stream_args(p, mode, offset, sum(span(w.numel()) for w in params))
+    _C.check_lists(params, grads, lrs, batch)
     if batch < 0:
         raise RuntimeError(f"batch must be non-negative, got {batch}")
     nrows = max(batch, 1)
@@ -167,6 +172,7 @@ def _check_eps_args(deterministic, offset, f):
 
 def meta_dropout(f, a, deterministic, seed, offset, rng_state=None):
     _check_eps_args(deterministic, offset, f)
+    _C.check_pair(f, a, "f", "a")
     out = empty_in_layout(f)
     fc, ac = in_layout(f, out), in_layout(a, out)
     state, has_state = _state(rng_state, fc, not deterministic)

@@ -149,7 +149,7 @@ void for_each_block(int64_t numel, int64_t offset, const Stream& st, const Body&
 
 void check_floating(const at::Tensor& t, const char* name) {
   TORCH_CHECK(t.device().is_cpu(), name, " must be a CPU tensor");
-  TORCH_CHECK(at::isFloatingType(t.scalar_type()), name, " must be a floating-point tensor");
+  dg::check_float(t, name);
 }
 
 // One-element lr tensors are read as a scalar; full-shape ones an array in the output's layout,
@@ -232,9 +232,8 @@ at::Tensor dropgrad_update_cpu(const at::Tensor& param, const at::Tensor& grad,
   dg::check_stream_args(p, mode, offset, param.numel());
   resolve_seed(rng_state, seed, offset);
   check_floating(param, "param");
-  check_floating(grad, "grad");
-  TORCH_CHECK(param.sizes() == grad.sizes() && param.scalar_type() == grad.scalar_type(),
-              "param and grad must have the same shape and dtype");
+  dg::check_pair(param, grad, "param", "grad");
+  if (lr_tensor.has_value() && lr_tensor->defined()) dg::check_lr(*lr_tensor, param, "lr");
   at::Tensor out = empty_output(param);
   const at::Tensor pc = dg::in_layout(param, out), gc = dg::in_layout(grad, out);
   const LearningRate l = resolve_lr(lr_tensor, lr, param, out);
@@ -262,9 +261,8 @@ void step_cpu(at::TensorList params, at::TensorList grads, at::TensorList lrs, d
               bool in_place, std::vector<at::Tensor>& outs) {
   dg::check_stream_args(p, mode, offset, dg::list_span(params));
   resolve_seed(rng_state, seed, offset);
+  dg::check_lists(params, grads, lrs, batch);
   const size_t nt = params.size();
-  TORCH_CHECK(grads.size() == nt, "params and grads must have the same length");
-  TORCH_CHECK(lrs.empty() || lrs.size() == nt, "lrs must be empty or have one entry per param");
   const int64_t list_span = dg::batch_list_span(params, batch), rows = std::max<int64_t>(batch, 1);
   std::vector<at::Tensor> keep;  // contiguous copies and lr arrays, alive until the end
   std::vector<StepItem> items(nt * rows);
@@ -273,9 +271,6 @@ void step_cpu(at::TensorList params, at::TensorList grads, at::TensorList lrs, d
   int64_t start = offset;
   for (size_t k = 0; k < nt; ++k) {
     check_floating(params[k], "params");
-    check_floating(grads[k], "grads");
-    TORCH_CHECK(params[k].sizes() == grads[k].sizes() && params[k].scalar_type() == grads[k].scalar_type(),
-                "params[", k, "] and grads[", k, "] must have the same shape and dtype");
     // In place, a dense param is written where it lies; another through a contiguous copy.
     outs[k] = !in_place ? empty_output(params[k], params[k].options(), batch > 0)
               : params[k].is_non_overlapping_and_dense() ? params[k] : params[k].contiguous();
@@ -334,8 +329,7 @@ at::Tensor meta_dropout_cpu(const at::Tensor& f, const at::Tensor& a, bool deter
   dg::check_stream_args(0.0, deterministic ? dg::kNone : dg::kNormal, offset, f.numel());
   resolve_seed(rng_state, seed, offset);
   check_floating(f, "f");
-  check_floating(a, "a");
-  TORCH_CHECK(f.sizes() == a.sizes() && f.scalar_type() == a.scalar_type(), "f and a must have the same shape and dtype");
+  dg::check_pair(f, a, "f", "a");
   at::Tensor out = empty_output(f);
   const at::Tensor fc = dg::in_layout(f, out), ac = dg::in_layout(a, out);
   const Stream st = make_stream(0.0, deterministic ? dg::kNone : dg::kNormal, seed);

@@ -103,6 +103,7 @@ template <class D>
 at::Tensor drop_grad(const at::Tensor& grad, double p, int64_t mode, int64_t seed, int64_t offset,
                      const OptTensor& rng_state) {
   dg::check_stream_args(p, mode, offset, grad.numel());
+  dg::check_float(grad, "grad");
   check<D>(grad, "grad");
   const typename D::Guard guard(grad.device());
   at::Tensor out = dg::empty_in_layout(grad, grad.options());
@@ -116,10 +117,9 @@ template <class D>
 at::Tensor dropgrad_update(const at::Tensor& param, const at::Tensor& grad, const OptTensor& lr_tensor, double lr,
                            double p, int64_t mode, int64_t seed, int64_t offset, const OptTensor& rng_state) {
   dg::check_stream_args(p, mode, offset, param.numel());
+  dg::check_pair(param, grad, "param", "grad");
+  if (lr_tensor.has_value() && lr_tensor->defined()) dg::check_lr(*lr_tensor, param, "lr");
   check<D>(param, "param");
-  TORCH_CHECK(param.sizes() == grad.sizes() && param.scalar_type() == grad.scalar_type() &&
-                  grad.device() == param.device(),
-              "param and grad must have the same shape, dtype and device");
   const typename D::Guard guard(param.device());
   at::Tensor out = dg::empty_in_layout(param, param.options());
   const at::Tensor w = dg::in_layout(param, out), g = dg::in_layout(grad, out);
@@ -141,17 +141,14 @@ std::vector<at::Tensor> step(at::TensorList params, at::TensorList grads, at::Te
                              double weight_decay, double p, int64_t mode, int64_t seed, int64_t offset,
                              const OptTensor& rng_state, int64_t batch, bool in_place) {
   dg::check_stream_args(p, mode, offset, dg::list_span(params));
+  dg::check_lists(params, grads, lrs, batch);
   const size_t nt = params.size();
-  TORCH_CHECK(grads.size() == nt && (lrs.empty() || lrs.size() == nt), "params, grads and lrs must match in length");
   const int64_t list_span = dg::batch_list_span(params, batch), rows = std::max<int64_t>(batch, 1);
   std::vector<at::Tensor> ws(nt), gs(nt), outs(nt), keep(nt);
   std::vector<StepTensor> by_dtype[4];
   int64_t q = offset / 4;
   for (size_t k = 0; k < nt; ++k) {
     check<D>(params[k], "params");
-    TORCH_CHECK(params[k].sizes() == grads[k].sizes() && params[k].scalar_type() == grads[k].scalar_type() &&
-                    params[k].device() == params[0].device() && grads[k].device() == params[0].device(),
-                "params[", k, "] and grads[", k, "] must have the same shape, dtype and device");
     // In place, a dense param is written where it lies; another through a contiguous copy.
     outs[k] = !in_place ? dg::empty_in_layout(params[k], params[k].options(), batch > 0)
               : params[k].is_non_overlapping_and_dense() ? params[k] : params[k].contiguous();
@@ -202,9 +199,8 @@ template <class D>
 at::Tensor meta_dropout(const at::Tensor& f, const at::Tensor& a, bool deterministic, int64_t seed, int64_t offset,
                         const OptTensor& rng_state) {
   dg::check_stream_args(0.0, deterministic ? dg::kNone : dg::kNormal, offset, f.numel());
+  dg::check_pair(f, a, "f", "a");
   check<D>(f, "f");
-  TORCH_CHECK(f.sizes() == a.sizes() && f.scalar_type() == a.scalar_type() && a.device() == f.device(),
-              "f and a must have the same shape, dtype and device");
   const typename D::Guard guard(f.device());
   at::Tensor out = dg::empty_in_layout(f, f.options());
   const at::Tensor fc = dg::in_layout(f, out), ac = dg::in_layout(a, out);
