@@ -58,7 +58,7 @@ def _triton_ops():
     return torch.ops.dropgrad_triton
 
 
-_CPU_KERNELS = torch.ops.dropgrad
+_NATIVE_KERNELS = torch.ops.dropgrad  # the C++ kernels, CPU and CUDA (their dispatch keys pick)
 
 
 def _kernels(backend, where):
@@ -66,7 +66,7 @@ def _kernels(backend, where):
     namespace, the reference's too (dropgrad_cuda._reference_ops), has the schemas of csrc/ops.cpp."""
     device = where if isinstance(where, torch.device) else None
     if backend == "auto" and device is None and where.is_cpu:  # the common call, first
-        return _CPU_KERNELS
+        return _NATIVE_KERNELS
     device = device or where.device
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")

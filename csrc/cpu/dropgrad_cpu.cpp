@@ -317,7 +317,7 @@ std::vector<at::Tensor> dropgrad_step_cpu(at::TensorList params, at::TensorList 
   return outs;
 }
 
-void dropgrad_step__cpu(at::TensorList params, at::TensorList grads, at::TensorList lrs, double lr,
+void dropgrad_step_in_place_cpu(at::TensorList params, at::TensorList grads, at::TensorList lrs, double lr,
                         double weight_decay, double p, int64_t mode, int64_t seed, int64_t offset,
                         const OptTensor& rng_state) {
   std::vector<at::Tensor> outs;
@@ -417,7 +417,7 @@ TORCH_LIBRARY_IMPL(dropgrad, CPU, m) {
   m.impl("drop_grad", &drop_grad_cpu);
   m.impl("dropgrad_update", &dropgrad_update_cpu);
   m.impl("dropgrad_step", &dropgrad_step_cpu);
-  m.impl("dropgrad_step_", &dropgrad_step__cpu);
+  m.impl("dropgrad_step_", &dropgrad_step_in_place_cpu);
   m.impl("meta_dropout", &meta_dropout_cpu);
   m.impl("meta_dropout_backward", &meta_dropout_backward_cpu);
   m.impl("meta_dropout_double_backward", &meta_dropout_double_backward_cpu);

@@ -15,7 +15,7 @@ namespace dg_cuda {
 constexpr int kThreads = 256;
 constexpr int64_t kMaxGrid = 65535 * 16;  // blocks of a grid-stride launch; the loops cover the rest
 // The multi-tensor list of dropgrad_step: tensors and blocks (chunks) a launch carries, and the
-// counters of a chunk (8192 elements, 8 per thread at 256 threads).
+// Philox counters of a chunk (2048: 8192 elements, 8 counters or 32 elements per thread at 256 threads).
 constexpr int kListSize = 24;
 constexpr int kMaxBlocks = 320;
 constexpr int64_t kChunk = 2048;
