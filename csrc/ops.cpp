@@ -8,7 +8,6 @@
 // cuda_rng_state fills one from torch's CUDA generator on the device, so a captured CUDA graph
 // draws fresh noise on every replay, and backward reuses the state of its forward.
 #include <Python.h>
-#include <torch/csrc/autograd/python_variable.h>
 #include <ATen/CPUGeneratorImpl.h>
 #include <torch/library.h>
 
@@ -55,94 +54,7 @@ PyObject* cpu_isas(PyObject*, PyObject*) {
   return out;
 }
 
-// The checks of csrc/ops.h for the Python namespaces (the reference's, Triton's) and the public
-// functions: each raises what the C++ kernels raise, ValueError or TypeError with the same message.
-template <class F>
-PyObject* checked(F&& check) {
-  try {
-    check();
-  } catch (const c10::ValueError& e) {
-    PyErr_SetString(PyExc_ValueError, e.what_without_backtrace());
-    return nullptr;
-  } catch (const c10::TypeError& e) {
-    PyErr_SetString(PyExc_TypeError, e.what_without_backtrace());
-    return nullptr;
-  }
-  Py_RETURN_NONE;
-}
-
-bool tensor_arg(PyObject* o, const char* what) {
-  if (THPVariable_Check(o)) return true;
-  PyErr_Format(PyExc_TypeError, "%s must be a torch.Tensor", what);
-  return false;
-}
-
-std::vector<at::Tensor> tensor_list(PyObject* seq, const char* what, bool* ok) {
-  std::vector<at::Tensor> out;
-  PyObject* fast = PySequence_Fast(seq, what);
-  *ok = fast != nullptr;
-  for (Py_ssize_t i = 0; *ok && i < PySequence_Fast_GET_SIZE(fast); ++i) {
-    PyObject* item = PySequence_Fast_GET_ITEM(fast, i);
-    *ok = tensor_arg(item, what);
-    if (*ok) out.push_back(THPVariable_Unpack(item));
-  }
-  Py_XDECREF(fast);
-  return out;
-}
-
-// _C.check_stream_args(p, mode, offset, span)
-PyObject* check_stream_args(PyObject*, PyObject* args) {
-  double p;
-  long long mode, offset, span;
-  if (!PyArg_ParseTuple(args, "dLLL", &p, &mode, &offset, &span)) return nullptr;
-  return checked([&] { dg::check_stream_args(p, mode, offset, span); });
-}
-
-// _C.check_float(t, name)
-PyObject* check_float(PyObject*, PyObject* args) {
-  PyObject* t;
-  const char* name;
-  if (!PyArg_ParseTuple(args, "Os", &t, &name) || !tensor_arg(t, name)) return nullptr;
-  return checked([&] { dg::check_float(THPVariable_Unpack(t), name); });
-}
-
-// _C.check_pair(a, b, a_name, b_name)
-PyObject* check_pair(PyObject*, PyObject* args) {
-  PyObject *a, *b;
-  const char *an, *bn;
-  if (!PyArg_ParseTuple(args, "OOss", &a, &b, &an, &bn) || !tensor_arg(a, an) || !tensor_arg(b, bn)) return nullptr;
-  return checked([&] { dg::check_pair(THPVariable_Unpack(a), THPVariable_Unpack(b), an, bn); });
-}
-
-// _C.check_lr(lr, param, name)
-PyObject* check_lr(PyObject*, PyObject* args) {
-  PyObject *lr, *param;
-  const char* name;
-  if (!PyArg_ParseTuple(args, "OOs", &lr, &param, &name) || !tensor_arg(lr, name) || !tensor_arg(param, "param")) {
-    return nullptr;
-  }
-  return checked([&] { dg::check_lr(THPVariable_Unpack(lr), THPVariable_Unpack(param), name); });
-}
-
-// _C.check_lists(params, grads, lrs, batch)
-PyObject* check_lists(PyObject*, PyObject* args) {
-  PyObject *ps, *gs, *ls;
-  long long batch;
-  if (!PyArg_ParseTuple(args, "OOOL", &ps, &gs, &ls, &batch)) return nullptr;
-  bool ok = true;
-  const auto params = tensor_list(ps, "params", &ok);
-  const auto grads = ok ? tensor_list(gs, "grads", &ok) : std::vector<at::Tensor>();
-  const auto lrs = ok ? tensor_list(ls, "lrs", &ok) : std::vector<at::Tensor>();
-  if (!ok) return nullptr;
-  return checked([&] { dg::check_lists(params, grads, lrs, batch); });
-}
-
 PyMethodDef methods[] = {
-    {"check_stream_args", check_stream_args, METH_VARARGS, "Checks an op's p, mode and offset as every kernel does."},
-    {"check_float", check_float, METH_VARARGS, "Checks a tensor's dtype as every kernel does."},
-    {"check_pair", check_pair, METH_VARARGS, "Checks b beside a (shape, dtype, device) as every kernel does."},
-    {"check_lr", check_lr, METH_VARARGS, "Checks a tensor lr beside param as every kernel does."},
-    {"check_lists", check_lists, METH_VARARGS, "Checks a list call's params, grads and lrs as every kernel does."},
     {"draw_seed", draw_seed, METH_NOARGS, "A seed from torch's default generator, as torch.randint(0, 2**63 - 1, ())."},
     {"cpu_isa", cpu_isa, METH_VARARGS, "The CPU kernels' instruction set, after setting it to the given one."},
     {"cpu_isas", cpu_isas, METH_NOARGS, "The CPU kernels' instruction sets this CPU runs, slowest first."},
@@ -260,6 +172,19 @@ int64_t dg::batch_list_span(at::TensorList params, int64_t batch) {
     list_span += span(params[k].numel() / batch);
   }
   return list_span;
+}
+
+// The checks of csrc/ops.h as ops of their own, for the Python side (dropgrad_cuda/_checks.py: the
+// reference's and Triton's namespaces, the public functions), which calls them where its fast test
+// finds an argument wrong: they raise what the C++ kernels raise.
+TORCH_LIBRARY(dropgrad_checks, m) {
+  m.def("stream(float p, int mode, int offset, int span) -> ()", &dg::check_stream_args);
+  m.def("dtype(Tensor t, str name) -> ()", [](const at::Tensor& t, std::string name) { dg::check_float(t, name); });
+  m.def("pair(Tensor a, Tensor b, str a_name, str b_name) -> ()",
+        [](const at::Tensor& a, const at::Tensor& b, std::string an, std::string bn) { dg::check_pair(a, b, an, bn); });
+  m.def("lr(Tensor lr, Tensor param, str name) -> ()",
+        [](const at::Tensor& lr, const at::Tensor& param, std::string name) { dg::check_lr(lr, param, name); });
+  m.def("lists(Tensor[] params, Tensor[] grads, Tensor[] lrs, int batch) -> ()", &dg::check_lists);
 }
 
 TORCH_LIBRARY(dropgrad, m) {

@@ -18,13 +18,13 @@ int64_t batch_list_span(at::TensorList params, int64_t batch);
 
 // The checks of an op's stream arguments, written once for every namespace: the C++ kernels call
 // it, the Python ones (the reference's, Triton's) and the public functions through
-// dropgrad_cuda._C.check_stream_args, so a bad p, mode or offset raises the same ValueError with the
-// same message wherever it is passed. span: the stream length the call reads (numel; a list's
+// torch.ops.dropgrad_checks (dropgrad_cuda/_checks.py), so a bad p, mode or offset raises the same
+// ValueError with the same message wherever it is passed. span: the stream length the call reads (numel; a list's
 // spans), which the offset must leave room for.
 void check_stream_args(double p, int64_t mode, int64_t offset, int64_t span);
 
 // The checks of an op's tensor arguments, written once for every namespace as check_stream_args
-// is (the Python namespaces and the public functions call them through _C): the same exception
+// is (the Python side through torch.ops.dropgrad_checks): the same exception
 // type and message, naming the argument, for the same mistake. Dtypes, shapes and devices are
 // written as Python writes them (torch.float32, (4, 3), cpu).
 void check_float(const at::Tensor& t, const std::string& name);

@@ -6,7 +6,7 @@ seed: dropgrad_cuda.ops gives it an int seed) and has no batching rule (ops.py r
 under vmap)."""
 import torch
 
-from . import _C
+from . import _checks
 from . import reference as R
 
 _MODE_NAMES = {v: k for k, v in R.MODES.items()}
@@ -22,31 +22,31 @@ def philox4x32_10(counter, key):
 
 
 def noise(like, p, mode, seed, offset, rng_state=None):
-    _C.check_stream_args(p, mode, offset, like.numel())
+    _checks.stream(p, mode, offset, like.numel())
     _no_state(rng_state)
     return R._noise_like(like, p, _MODE_NAMES[mode], seed, offset, torch.float32)
 
 
 def drop_grad(grad, p, mode, seed, offset, rng_state=None):
-    _C.check_stream_args(p, mode, offset, grad.numel())
-    _C.check_float(grad, "grad")
+    _checks.stream(p, mode, offset, grad.numel())
+    _checks.dtype(grad, "grad")
     _no_state(rng_state)
     return R.drop_grad(grad, p, _MODE_NAMES[mode], seed=seed, offset=offset)
 
 
 def dropgrad_update(param, grad, lr_tensor, lr, p, mode, seed, offset, rng_state=None):
-    _C.check_stream_args(p, mode, offset, param.numel())
-    _C.check_pair(param, grad, "param", "grad")
+    _checks.stream(p, mode, offset, param.numel())
+    _checks.pair(param, grad, "param", "grad")
     if lr_tensor is not None:
-        _C.check_lr(lr_tensor, param, "lr")
+        _checks.lr(lr_tensor, param, "lr")
     _no_state(rng_state)
     return R.dropgrad_update(param, grad, lr if lr_tensor is None else lr_tensor, p, _MODE_NAMES[mode], seed=seed,
                              offset=offset)
 
 
 def dropgrad_step(params, grads, lrs, lr, p, mode, seed, offset, rng_state=None, batch=0):
-    _C.check_stream_args(p, mode, offset, sum(R.span(w.numel()) for w in params))
-    _C.check_lists(params, grads, lrs, batch)
+    _checks.stream(p, mode, offset, sum(R.span(w.numel()) for w in params))
+    _checks.lists(params, grads, lrs, batch)
     _no_state(rng_state)
     if not batch:
         return R.dropgrad_step(params, grads, lrs or lr, p, _MODE_NAMES[mode], seed=seed, offset=offset)
@@ -59,20 +59,20 @@ def dropgrad_step(params, grads, lrs, lr, p, mode, seed, offset, rng_state=None,
 
 
 def dropgrad_step_(params, grads, lrs, lr, weight_decay, p, noise_mode, seed, offset, rng_state=None):
-    _C.check_stream_args(p, noise_mode, offset, sum(R.span(w.numel()) for w in params))
-    _C.check_lists(params, grads, lrs, 0)
+    _checks.stream(p, noise_mode, offset, sum(R.span(w.numel()) for w in params))
+    _checks.lists(params, grads, lrs, 0)
     _no_state(rng_state)
     R.dropgrad_step_(params, grads, lrs or lr, p, _MODE_NAMES[noise_mode], seed=seed, offset=offset,
                      weight_decay=weight_decay)
 
 
 def _check_eps_args(deterministic, offset, f):
-    _C.check_stream_args(0.0, 0 if deterministic else R.MODES["normal"], offset, f.numel())
+    _checks.stream(0.0, 0 if deterministic else R.MODES["normal"], offset, f.numel())
 
 
 def meta_dropout(f, a, deterministic, seed, offset, rng_state=None):
     _check_eps_args(deterministic, offset, f)
-    _C.check_pair(f, a, "f", "a")
+    _checks.pair(f, a, "f", "a")
     _no_state(rng_state)
     return R.meta_dropout(f, a, deterministic=deterministic, seed=seed, offset=offset)
 

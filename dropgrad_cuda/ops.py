@@ -9,14 +9,14 @@ import torch.nn.functional as F
 from torch._C._functorch import TransformType
 from torch._functorch import pyfunctorch
 
-from . import _C, _autograd, _reference_ops, reference
+from . import _C, _autograd, _checks, _reference_ops, reference
 from .reference import MODES
 
 BACKENDS = ("auto", "cpu", "cuda", "triton", "cuda-emulated", "reference")
 # The ops of csrc/ops.cpp, each with a kernel on every backend.
 OP_NAMES = ("philox4x32_10", "noise", "drop_grad", "dropgrad_update", "dropgrad_step", "dropgrad_step_",
             "meta_dropout", "meta_dropout_backward", "meta_dropout_double_backward")
-_FLOAT_DTYPES = frozenset((torch.float16, torch.bfloat16, torch.float32, torch.float64))
+_FLOAT_DTYPES = _checks.FLOAT_DTYPES
 _USER_MODES = {k: v for k, v in MODES.items() if k != "normal"}  # "normal" is logit_noise's, internal
 _SEED_MOD = 1 << 64
 
@@ -102,15 +102,12 @@ def _kernels(backend, where):
 
 
 # ---------------------------------------------------------------- argument checks
-# The Python layer checks what the op layer cannot see (Python types) and, for speed and for
-# torch.compile (which cannot trace into _C), tests the valid case itself; a failing argument goes
-# to the op layer's own check (csrc/ops.h, through _C) for its exception and message, so the public
-# functions and every namespace's raw ops say the same.
+# The Python layer checks what the op layer cannot see (Python types, seed=None); the rest are the
+# op layer's own checks (csrc/ops.h) through _checks, which tests the valid case in Python.
 def _check_tensor(t, name):
     if not isinstance(t, torch.Tensor):
         raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
-    if t.dtype not in _FLOAT_DTYPES:
-        _C.check_float(t, name)
+    _checks.dtype(t, name)
 
 
 def _check_pair(a, b, an, bn):
@@ -119,7 +116,7 @@ def _check_pair(a, b, an, bn):
         return  # the common call; otherwise name what is wrong
     _check_tensor(a, an)
     _check_tensor(b, bn)
-    _C.check_pair(a, b, an, bn)
+    _checks.pair(a, b, an, bn)
 
 
 def _check_p(p):
@@ -128,7 +125,7 @@ def _check_p(p):
     if isinstance(p, bool) or not isinstance(p, numbers.Real):
         raise TypeError(f"p must be a real number, got {type(p).__name__}")
     p = float(p)
-    _C.check_stream_args(p, 0, 0, 0)  # the op layer's message for a p out of range
+    _checks.stream(p, 0, 0, 0)
     return p
 
 
@@ -191,10 +188,9 @@ def _offset(offset, numel):
     if offset == 0 and type(offset) is int:
         return 0
     offset = _check_int(offset, "offset")
-    if offset < 0 or offset % 4 or offset + numel >= 1 << 63:
-        if offset >= 1 << 63:  # what the op layer's int64 cannot receive
-            raise ValueError(f"offset must be a non-negative multiple of 4 below 2**63 - numel, got {offset}")
-        _C.check_stream_args(0.0, 0, offset, numel)
+    if offset >= 1 << 63:  # what the op layer's int64 cannot receive
+        raise ValueError(f"offset must be a non-negative multiple of 4 below 2**63 - numel, got {offset}")
+    _checks.stream(0.0, 0, offset, numel)
     return offset
 
 
@@ -203,9 +199,7 @@ def _check_lr(lr, param, name="lr"):
     if type(lr) is float and not torch.compiler.is_compiling():
         return None, lr
     if isinstance(lr, torch.Tensor):
-        if not (lr.is_floating_point() and lr.device == param.device
-                and (lr.dim() == 0 or (lr.shape == param.shape and lr.dtype == param.dtype))):
-            _C.check_lr(lr, param, name)
+        _checks.lr(lr, param, name)
         return lr, 0.0
     if isinstance(lr, bool) or not isinstance(lr, numbers.Real):
         raise TypeError(f"{name} must be a float or a tensor, got {type(lr).__name__}")
@@ -294,7 +288,7 @@ def _step(name, params, grads, lr, p, mode, seed, offset, backend, *weight_decay
     """The checks and the call of dropgrad_step (new tensors) and dropgrad_step_ (in place)."""
     params, grads = list(params), list(grads)
     if len(params) != len(grads):
-        _C.check_lists(params, grads, [], 0)
+        _checks.lists(params, grads, [], 0)
     if not params:
         return []
     if not isinstance(params[0], torch.Tensor):
@@ -304,7 +298,7 @@ def _step(name, params, grads, lr, p, mode, seed, offset, backend, *weight_decay
         _check_lists(params, grads)  # the C++ kernels check every pair themselves, at no Python cost
     if isinstance(lr, (list, tuple)):
         if len(lr) != len(params):
-            _C.check_lists(params, grads, [torch.empty(())] * len(lr), 0)
+            _checks.lists(params, grads, [torch.empty(())] * len(lr), 0)
         lrs = [_check_lr(l, w, f"lr[{i}]")[0] for i, (l, w) in enumerate(zip(lr, params))]
         if any(l is None for l in lrs):
             raise TypeError("a list lr must hold tensors; pass a single float for one step size")
@@ -328,9 +322,8 @@ def _step(name, params, grads, lr, p, mode, seed, offset, backend, *weight_decay
 
 def _check_lists(params, grads):
     for i, (w, g) in enumerate(zip(params, grads)):
-        _check_pair(w, g, f"params[{i}]", f"grads[{i}]")
-        if w.device != params[0].device:
-            _C.check_lists(params, grads, [], 0)
+        _check_pair(w, g, f"params[{i}]", f"grads[{i}]")  # Python types first
+    _checks.lists(params, grads, [], 0)
 
 
 def meta_dropout(f, a, *, deterministic=False, seed=None, offset=0, backend="auto"):

@@ -5,7 +5,7 @@ import math
 import torch
 import triton
 
-from dropgrad_cuda import _C, _autograd
+from dropgrad_cuda import _autograd, _checks
 from dropgrad_cuda.ops import OP_NAMES
 from dropgrad_cuda.reference import dense, empty_in_layout, in_layout, span, stream_offsets
 
@@ -61,7 +61,7 @@ def _state(rng_state, like, noisy=True):
 
 
 def _elementwise(kind, out, grad, param, lr_t, numel, p, mode, seed, offset, rng_state):
-    _C.check_stream_args(p, mode, offset, numel)
+    _checks.stream(p, mode, offset, numel)
     lr_full = lr_t is not None and lr_t.dim() > 0
     mode = _mode(p, mode)
     state, has_state = _state(rng_state, out, mode != 0)
@@ -77,7 +77,7 @@ def noise(like, p, mode, seed, offset, rng_state=None):
 
 
 def drop_grad(grad, p, mode, seed, offset, rng_state=None):
-    _C.check_float(grad, "grad")
+    _checks.dtype(grad, "grad")
     out = empty_in_layout(grad)
     return _elementwise(K.DROP_GRAD, out, in_layout(grad, out), None, None, out.numel(), p, mode, seed, offset, rng_state)
 
@@ -90,9 +90,9 @@ def _lr_arg(lr_tensor, lr, param, out):
 
 
 def dropgrad_update(param, grad, lr_tensor, lr, p, mode, seed, offset, rng_state=None):
-    _C.check_pair(param, grad, "param", "grad")
+    _checks.pair(param, grad, "param", "grad")
     if lr_tensor is not None:
-        _C.check_lr(lr_tensor, param, "lr")
+        _checks.lr(lr_tensor, param, "lr")
     out = empty_in_layout(param)
     w, g = in_layout(param, out), in_layout(grad, out)
     return _elementwise(K.UPDATE, out, g, w, _lr_arg(lr_tensor, lr, w, out), w.numel(), p, mode, seed, offset,
@@ -104,8 +104,8 @@ def _step(params, grads, lrs, lr, weight_decay, p, mode, seed, offset, rng_state
     With batch > 0 each tensor is `batch` rows, one per list, each a row of the launch's table
     starting list b's stream b list spans after list 0's. In place, the outputs are the params, one
     that is not dense through a copy written back."""
-    _C.check_stream_args(p, mode, offset, sum(span(w.numel()) for w in params))
-    _C.check_lists(params, grads, lrs, batch)
+    _checks.stream(p, mode, offset, sum(span(w.numel()) for w in params))
+    _checks.lists(params, grads, lrs, batch)
     if batch < 0:
         raise RuntimeError(f"batch must be non-negative, got {batch}")
     nrows = max(batch, 1)
@@ -167,12 +167,12 @@ def dropgrad_step_(params, grads, lrs, lr, weight_decay, p, noise_mode, seed, of
 
 
 def _check_eps_args(deterministic, offset, f):
-    _C.check_stream_args(0.0, 0 if deterministic else 3, offset, f.numel())
+    _checks.stream(0.0, 0 if deterministic else 3, offset, f.numel())
 
 
 def meta_dropout(f, a, deterministic, seed, offset, rng_state=None):
     _check_eps_args(deterministic, offset, f)
-    _C.check_pair(f, a, "f", "a")
+    _checks.pair(f, a, "f", "a")
     out = empty_in_layout(f)
     fc, ac = in_layout(f, out), in_layout(a, out)
     state, has_state = _state(rng_state, fc, not deterministic)
