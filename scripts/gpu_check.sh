@@ -8,6 +8,7 @@
 #              extension is built in place in this checkout. Default: .venv/bin/python, set up
 #              as the test command does (scripts/setup_env.sh).
 # --quick      the plan for a short GPU lease (budget 480 s on a 16-core H100, build included):
+#              a build for the GPU present only (a dry run: sm_90) without the CUDA emulator,
 #              the GPU tests only (-m gpu: the cuda and triton-cuda rows, CUDA-graph replay,
 #              torch.compile on CUDA), then the report at 16M/64M float32 and 64M bfloat16.
 #              Without it: the whole suite, then the full report.
