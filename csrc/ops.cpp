@@ -14,7 +14,6 @@
 #include <limits>
 #include <mutex>
 #include <string>
-#include <vector>
 
 #include "autograd.h"
 #include "dropgrad_math.h"

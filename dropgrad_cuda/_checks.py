@@ -5,6 +5,7 @@ Triton's namespaces and the C++ kernels raise one exception with one message for
 import torch
 
 from . import _C  # noqa: F401  (loads the library that defines torch.ops.dropgrad_checks)
+from .reference import span
 
 FLOAT_DTYPES = frozenset((torch.float16, torch.bfloat16, torch.float32, torch.float64))
 
@@ -17,6 +18,16 @@ def stream(p, mode, offset, span):
     """p in [0, 1), mode 0..3, offset a non-negative multiple of 4 leaving room for span elements."""
     if not (0.0 <= p < 1.0 and 0 <= mode <= 3 and offset >= 0 and offset % 4 == 0 and offset + span < 1 << 63):
         _op().stream(p, mode, offset, span)
+
+
+def list_stream(p, mode, offset, params):
+    """stream() for a list call, whose stream is its tensors' spans."""
+    stream(p, mode, offset, sum(span(w.numel()) for w in params))
+
+
+def eps_stream(deterministic, offset, f):
+    """stream() for the meta-dropout ops: the normal noise (mode 3), or none when deterministic."""
+    stream(0.0, 0 if deterministic else 3, offset, f.numel())
 
 
 def dtype(t, name):

@@ -45,7 +45,7 @@ def dropgrad_update(param, grad, lr_tensor, lr, p, mode, seed, offset, rng_state
 
 
 def dropgrad_step(params, grads, lrs, lr, p, mode, seed, offset, rng_state=None, batch=0):
-    _checks.stream(p, mode, offset, sum(R.span(w.numel()) for w in params))
+    _checks.list_stream(p, mode, offset, params)
     _checks.lists(params, grads, lrs, batch)
     _no_state(rng_state)
     if not batch:
@@ -59,33 +59,29 @@ def dropgrad_step(params, grads, lrs, lr, p, mode, seed, offset, rng_state=None,
 
 
 def dropgrad_step_(params, grads, lrs, lr, weight_decay, p, noise_mode, seed, offset, rng_state=None):
-    _checks.stream(p, noise_mode, offset, sum(R.span(w.numel()) for w in params))
+    _checks.list_stream(p, noise_mode, offset, params)
     _checks.lists(params, grads, lrs, 0)
     _no_state(rng_state)
     R.dropgrad_step_(params, grads, lrs or lr, p, _MODE_NAMES[noise_mode], seed=seed, offset=offset,
                      weight_decay=weight_decay)
 
 
-def _check_eps_args(deterministic, offset, f):
-    _checks.stream(0.0, 0 if deterministic else R.MODES["normal"], offset, f.numel())
-
-
 def meta_dropout(f, a, deterministic, seed, offset, rng_state=None):
-    _check_eps_args(deterministic, offset, f)
+    _checks.eps_stream(deterministic, offset, f)
     _checks.pair(f, a, "f", "a")
     _no_state(rng_state)
     return R.meta_dropout(f, a, deterministic=deterministic, seed=seed, offset=offset)
 
 
 def meta_dropout_backward(grad_out, f, a, deterministic, seed, offset, rng_state=None):
-    _check_eps_args(deterministic, offset, f)
+    _checks.eps_stream(deterministic, offset, f)
     _no_state(rng_state)
     return R.meta_dropout_backward(grad_out, f, a, deterministic=deterministic, seed=seed, offset=offset)
 
 
 def meta_dropout_double_backward(grad_grad_f, grad_grad_a, grad_out, f, a, deterministic, seed, offset,
                                  rng_state=None):
-    _check_eps_args(deterministic, offset, f)
+    _checks.eps_stream(deterministic, offset, f)
     _no_state(rng_state)
     return R.meta_dropout_double_backward(grad_grad_f, grad_grad_a, grad_out, f, a, deterministic=deterministic,
                                           seed=seed, offset=offset)

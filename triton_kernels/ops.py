@@ -82,10 +82,11 @@ def drop_grad(grad, p, mode, seed, offset, rng_state=None):
     return _elementwise(K.DROP_GRAD, out, in_layout(grad, out), None, None, out.numel(), p, mode, seed, offset, rng_state)
 
 
-def _lr_arg(lr_tensor, lr, param, out):
-    """A full-shape lr (param's dtype) in out's layout, one list's in a batch contiguous; one element: a scalar, as in C++."""
+def _lr_arg(lr_tensor, lr, param):
+    """A full-shape lr (param's dtype) in param's layout, one list's in a batch contiguous; one
+    element: a scalar, as in C++. param: as the kernel reads it (in its output's layout)."""
     if lr_tensor is not None and lr_tensor.numel() != 1:
-        return lr_tensor.detach().contiguous() if lr_tensor.shape != out.shape else in_layout(lr_tensor.detach(), out)
+        return lr_tensor.detach().contiguous() if lr_tensor.shape != param.shape else in_layout(lr_tensor.detach(), param)
     return _scalar_lr(lr_tensor, lr, param)
 
 
@@ -95,7 +96,7 @@ def dropgrad_update(param, grad, lr_tensor, lr, p, mode, seed, offset, rng_state
         _checks.lr(lr_tensor, param, "lr")
     out = empty_in_layout(param)
     w, g = in_layout(param, out), in_layout(grad, out)
-    return _elementwise(K.UPDATE, out, g, w, _lr_arg(lr_tensor, lr, w, out), w.numel(), p, mode, seed, offset,
+    return _elementwise(K.UPDATE, out, g, w, _lr_arg(lr_tensor, lr, w), w.numel(), p, mode, seed, offset,
                         rng_state)
 
 
@@ -104,7 +105,7 @@ def _step(params, grads, lrs, lr, weight_decay, p, mode, seed, offset, rng_state
     With batch > 0 each tensor is `batch` rows, one per list, each a row of the launch's table
     starting list b's stream b list spans after list 0's. In place, the outputs are the params, one
     that is not dense through a copy written back."""
-    _checks.stream(p, mode, offset, sum(span(w.numel()) for w in params))
+    _checks.list_stream(p, mode, offset, params)
     _checks.lists(params, grads, lrs, batch)
     if batch < 0:
         raise RuntimeError(f"batch must be non-negative, got {batch}")
@@ -117,7 +118,7 @@ def _step(params, grads, lrs, lr, weight_decay, p, mode, seed, offset, rng_state
             else [empty_in_layout(w, contiguous=batch > 0) for w in params])
     ws = outs if in_place else [in_layout(w, o) for w, o in zip(params, outs)]
     gs = [in_layout(g, o) for g, o in zip(grads, outs)]
-    lr_args = [_lr_arg(lrs[k] if lrs else None, lr, w, w) for k, w in enumerate(ws)]  # kept alive until launched
+    lr_args = [_lr_arg(lrs[k] if lrs else None, lr, w) for k, w in enumerate(ws)]  # kept alive until launched
     row_numels = [w.numel() // nrows for w in ws]
     starts = stream_offsets(row_numels, offset)
     list_span = sum(map(span, row_numels))
@@ -166,12 +167,8 @@ def dropgrad_step_(params, grads, lrs, lr, weight_decay, p, noise_mode, seed, of
     _step(params, grads, lrs, lr, weight_decay, p, noise_mode, seed, offset, rng_state, True)
 
 
-def _check_eps_args(deterministic, offset, f):
-    _checks.stream(0.0, 0 if deterministic else 3, offset, f.numel())
-
-
 def meta_dropout(f, a, deterministic, seed, offset, rng_state=None):
-    _check_eps_args(deterministic, offset, f)
+    _checks.eps_stream(deterministic, offset, f)
     _checks.pair(f, a, "f", "a")
     out = empty_in_layout(f)
     fc, ac = in_layout(f, out), in_layout(a, out)
@@ -182,7 +179,7 @@ def meta_dropout(f, a, deterministic, seed, offset, rng_state=None):
 
 
 def meta_dropout_backward(grad_out, f, a, deterministic, seed, offset, rng_state=None):
-    _check_eps_args(deterministic, offset, f)
+    _checks.eps_stream(deterministic, offset, f)
     gf, ga = empty_in_layout(f), empty_in_layout(f)
     fc, ac, g = in_layout(f, gf), in_layout(a, gf), in_layout(grad_out.to(f.dtype), gf)
     state, has_state = _state(rng_state, fc, not deterministic)
@@ -192,7 +189,7 @@ def meta_dropout_backward(grad_out, f, a, deterministic, seed, offset, rng_state
 
 
 def meta_dropout_double_backward(grad_grad_f, grad_grad_a, grad_out, f, a, deterministic, seed, offset, rng_state=None):
-    _check_eps_args(deterministic, offset, f)
+    _checks.eps_stream(deterministic, offset, f)
     outs = [empty_in_layout(f) for _ in range(3)]
     fc = in_layout(f, outs[0])
     ins = [in_layout(t.to(fc.dtype), fc) for t in (grad_grad_f, grad_grad_a, grad_out)]
