@@ -10,7 +10,7 @@ import os
 import torch
 
 import dropgrad_cuda as dg
-from dropgrad_cuda.cuda_build import ELEMENTS_MOVED
+from dropgrad_cuda._table import ELEMENTS_MOVED
 from benchmarks.models import P, SIGMA, conv4_shapes, eager_meta_dropout_block, published_dropgrad_step, \
     resnet18_shapes, tensors
 
@@ -99,7 +99,7 @@ def _fwd_bwd(fn, f, a, gout):
     return run
 
 
-# The fused kernels each benchmark row runs, for its bytes moved (dropgrad_cuda.cuda_build.ELEMENTS_MOVED).
+# The fused kernels each benchmark row runs, for its bytes moved (dropgrad_cuda._table.ELEMENTS_MOVED).
 KERNELS = {"optimizer_step": ["dropgrad_step"], "meta_dropout/fwd": ["meta_dropout"],
            "meta_dropout/fwd+bwd": ["meta_dropout", "meta_dropout_backward"]}
 

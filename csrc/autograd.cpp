@@ -8,7 +8,7 @@
 // VariableType kernels are: those run at every torch.func level (grad, vjp, jacrev, grad of grad,
 // vmap of grad), where torch::autograd::Function is refused, and they cost what a native op's
 // autograd costs (the Python autograd layer they replace cost 2-3x the eager ops' host time).
-#include "autograd.h"
+#include "namespaces.h"
 
 #include <ATen/ATen.h>
 #include <ATen/functorch/DynamicLayer.h>
@@ -23,10 +23,43 @@
 #include <type_traits>
 
 #include "dropgrad_math.h"
-#include "op_handles.h"
 
 namespace dg {
 namespace {
+
+// The ops the backwards call (op<N, Op>(), csrc/namespaces.h): names and C++ signatures.
+struct DropGradOp {
+  static constexpr const char* name = "drop_grad";
+  using Sig = Tensor(const Tensor&, double, int64_t, int64_t, int64_t, const OptTensor&);
+};
+struct NoiseOp {
+  static constexpr const char* name = "noise";
+  using Sig = DropGradOp::Sig;
+};
+struct UpdateOp {
+  static constexpr const char* name = "dropgrad_update";
+  using Sig = Tensor(const Tensor&, const Tensor&, const OptTensor&, double, double, int64_t, int64_t, int64_t,
+                     const OptTensor&);
+};
+struct StepInPlaceOp {
+  static constexpr const char* name = "dropgrad_step_";
+  using Sig = void(at::TensorList, at::TensorList, at::TensorList, double, double, double, int64_t, int64_t, int64_t,
+                   const OptTensor&);
+};
+struct MetaDropoutOp {
+  static constexpr const char* name = "meta_dropout";
+  using Sig = Tensor(const Tensor&, const Tensor&, bool, int64_t, int64_t, const OptTensor&);
+};
+struct MetaDropoutBackwardOp {
+  static constexpr const char* name = "meta_dropout_backward";
+  using Sig = std::tuple<Tensor, Tensor>(const Tensor&, const Tensor&, const Tensor&, bool, int64_t, int64_t,
+                                         const OptTensor&);
+};
+struct MetaDropoutDoubleBackwardOp {
+  static constexpr const char* name = "meta_dropout_double_backward";
+  using Sig = std::tuple<Tensor, Tensor, Tensor>(const Tensor&, const Tensor&, const Tensor&, const Tensor&,
+                                                 const Tensor&, bool, int64_t, int64_t, const OptTensor&);
+};
 
 using torch::autograd::SavedVariable;
 using torch::autograd::variable_list;

@@ -25,9 +25,9 @@
 #include <string>
 #include <vector>
 
-#include "autograd.h"
+#include "namespaces.h"
 #include "dropgrad_math.h"
-#include "op_handles.h"
+#include "ops.h"
 
 namespace dg {
 namespace {
@@ -89,7 +89,7 @@ std::vector<Tensor> dropgrad_step_batched(at::TensorList params, at::TensorList 
   if (!ps.any && !gs.any && !ls.any) {  // nothing batched at this level: the op itself, one level down
     return call.call(params, grads, lrs, lr, p, mode, seed, offset, rng_state, batch);
   }
-  const bool noisy = mode == kNormal || (mode != kNone && p > 0);  // as dg::make_stream: "normal" ignores p
+  const bool noisy = noise_mode(mode, p) != kNone;
   const size_t n = params.size();
   std::vector<Tensor> outs;
   if (noisy && noise_randomness(level, "dropgrad_step") == at::functorch::RandomnessType::Same) {
@@ -187,8 +187,7 @@ void elementwise_batched(const c10::OperatorHandle& handle, torch::jit::Stack* s
     for (const auto& a : args) {
       if (a.name() == "deterministic") return !arg("deterministic").toBool();
     }
-    const int64_t mode = arg("mode").toInt();
-    return mode == kNormal || (mode != kNone && arg("p").toDouble() > 0);  // as dg::make_stream
+    return noise_mode(arg("mode").toInt(), arg("p").toDouble()) != kNone;
   }();
   const size_t nret = handle.schema().returns().size();
   std::vector<Tensor> outs(nret);
@@ -225,9 +224,12 @@ void elementwise_batched(const c10::OperatorHandle& handle, torch::jit::Stack* s
 template <Namespace N>
 void batching_kernels(torch::Library& m) {
   m.impl("dropgrad_step", TORCH_FN(dropgrad_step_batched<N>));
-  for (const char* name : {"noise", "drop_grad", "dropgrad_update", "meta_dropout", "meta_dropout_backward",
-                           "meta_dropout_double_backward"}) {
-    m.impl(name, torch::CppFunction::makeFromBoxedFunction<&elementwise_batched<N>>());
+  // Every other op of the table that draws noise (a seed argument) on tensors, not lists: the
+  // elementwise rule. (dropgrad_step_, in place for optimizers, has no rule of its own.)
+  for (const std::string schema : op_schemas()) {
+    if (schema.find("int seed") == std::string::npos || schema.find("[]") != std::string::npos) continue;
+    m.impl(schema.substr(0, schema.find('(')).c_str(),
+           torch::CppFunction::makeFromBoxedFunction<&elementwise_batched<N>>());
   }
 }
 

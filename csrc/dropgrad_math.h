@@ -135,9 +135,13 @@ struct NoiseParams {
   float sigma;  // Gaussian sqrt(p/(1-p))
 };
 
+// The mode a stream runs: none when p is 0, but "normal" (raw N(0,1)), which takes no p. The one
+// test of whether an op draws noise, for the kernels and the batching rules alike.
+inline int64_t noise_mode(int64_t mode, double p) { return (p == 0.0 && mode != kNormal) ? kNone : mode; }
+
 inline NoiseParams make_noise_params(int64_t mode, double p) {
   NoiseParams np;
-  np.mode = (p == 0.0 && mode != kNormal) ? kNone : mode;
+  np.mode = noise_mode(mode, p);
   np.p = static_cast<float>(p);
   np.scale = static_cast<float>(1.0 / (1.0 - p));
   np.sigma = static_cast<float>(std::sqrt(p / (1.0 - p)));

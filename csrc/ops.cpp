@@ -1,7 +1,8 @@
-// Schemas of the dropgrad:: ops, written once (define_ops; the emulated CUDA kernels register the
-// same ops as dropgrad_emulated::); kernels register per dispatch key in csrc/cpu and csrc/cuda,
-// autograd in csrc/autograd.cpp, batching rules in csrc/batching.cpp (philox4x32_10's and
-// cuda_rng_state's in dropgrad_cuda/_batching.py), fake (meta) implementations in _autograd.py.
+// Schemas of the dropgrad:: ops, written once (op_schemas; define_ops defines them for every
+// namespace: dropgrad, dropgrad_emulated, dropgrad_triton); kernels register per dispatch key in
+// csrc/cpu and csrc/cuda, autograd in csrc/autograd.cpp, batching rules in csrc/batching.cpp
+// (philox4x32_10's and cuda_rng_state's in dropgrad_cuda/_batching.py), fake (meta)
+// implementations in dropgrad_cuda/_fakes.py.
 // mode: 0 none, 1 bernoulli, 2 gaussian, 3 normal (raw N(0,1), the meta-dropout epsilon).
 // rng_state: an int64 tensor [seed, offset] on the op's device that, when given, replaces the
 // seed argument and adds its offset to the offset argument, read when the kernel runs;
@@ -15,7 +16,7 @@
 #include <mutex>
 #include <string>
 
-#include "autograd.h"
+#include "namespaces.h"
 #include "dropgrad_math.h"
 #include "ops.h"
 
@@ -53,7 +54,16 @@ PyObject* cpu_isas(PyObject*, PyObject*) {
   return out;
 }
 
+// _C.op_schemas(): the table of ops (dg::op_schemas), from which Python derives its lists of ops.
+PyObject* op_schemas(PyObject*, PyObject*) {
+  const auto& schemas = dg::op_schemas();
+  PyObject* out = PyTuple_New(static_cast<Py_ssize_t>(schemas.size()));
+  for (size_t i = 0; i < schemas.size(); ++i) PyTuple_SET_ITEM(out, i, PyUnicode_FromString(schemas[i]));
+  return out;
+}
+
 PyMethodDef methods[] = {
+    {"op_schemas", op_schemas, METH_NOARGS, "The schema of every kernel op, the one table of ops."},
     {"draw_seed", draw_seed, METH_NOARGS, "A seed from torch's default generator, as torch.randint(0, 2**63 - 1, ())."},
     {"cpu_isa", cpu_isa, METH_VARARGS, "The CPU kernels' instruction set, after setting it to the given one."},
     {"cpu_isas", cpu_isas, METH_NOARGS, "The CPU kernels' instruction sets this CPU runs, slowest first."},
@@ -68,36 +78,39 @@ PyObject* PyInit__C(void) {
 }
 }
 
-void dg::define_ops(torch::Library& m) {
-  m.def("philox4x32_10(Tensor counter, Tensor key) -> Tensor");
-  m.def("noise(Tensor like, float p, int mode, int seed, int offset, Tensor? rng_state=None) -> Tensor");
-  m.def("drop_grad(Tensor grad, float p, int mode, int seed, int offset, Tensor? rng_state=None) -> Tensor");
-  m.def(
+// The one table of ops: every namespace defines these schemas, and every other list of ops derives
+// from it (the batching rules, csrc/batching.cpp; the public op names, fakes and bytes moved in
+// Python, through _C.op_schemas()).
+const std::vector<const char*>& dg::op_schemas() {
+  static const std::vector<const char*> schemas{
+      "philox4x32_10(Tensor counter, Tensor key) -> Tensor",
+      "noise(Tensor like, float p, int mode, int seed, int offset, Tensor? rng_state=None) -> Tensor",
+      "drop_grad(Tensor grad, float p, int mode, int seed, int offset, Tensor? rng_state=None) -> Tensor",
       "dropgrad_update(Tensor param, Tensor grad, Tensor? lr_tensor, float lr, float p, int mode, "
-      "int seed, int offset, Tensor? rng_state=None) -> Tensor");
-  // batch > 0: params[k] and grads[k] hold `batch` lists' k-th tensors along dim 0, and list b's
-  // stream starts at offset + b * (the span of one list): one call equals `batch` calls at those
-  // offsets (vmap's randomness="different", docs/noise_contract.md). lrs[k] is then 0-d, of
-  // params[k]'s shape, or of one list's tensor shape (params[k].shape[1:], shared by the lists).
-  m.def(
+      "int seed, int offset, Tensor? rng_state=None) -> Tensor",
+      // batch > 0: params[k] and grads[k] hold `batch` lists' k-th tensors along dim 0, and list b's
+      // stream starts at offset + b * (the span of one list): one call equals `batch` calls at those
+      // offsets (vmap's randomness="different", docs/noise_contract.md). lrs[k] is then 0-d, of
+      // params[k]'s shape, or of one list's tensor shape (params[k].shape[1:], shared by the lists).
       "dropgrad_step(Tensor[] params, Tensor[] grads, Tensor[] lrs, float lr, float p, int mode, "
-      "int seed, int offset, Tensor? rng_state=None, int batch=0) -> Tensor[]");
-  // In place, for optimizers: params -= lr * ((grads + weight_decay * params) * n). Not differentiable.
-  // noise_mode, not mode: torch.compile passes a mutating op's arguments by name to a function
-  // whose own first parameter is `mode` (auto_functionalized).
-  m.def(
+      "int seed, int offset, Tensor? rng_state=None, int batch=0) -> Tensor[]",
+      // In place, for optimizers: params -= lr * ((grads + weight_decay * params) * n). Not
+      // differentiable. noise_mode, not mode: torch.compile passes a mutating op's arguments by name
+      // to a function whose own first parameter is `mode` (auto_functionalized).
       "dropgrad_step_(Tensor(a!)[] params, Tensor[] grads, Tensor[] lrs, float lr, float weight_decay, float p, "
-      "int noise_mode, int seed, int offset, Tensor? rng_state=None) -> ()");
-  m.def(
-      "meta_dropout(Tensor f, Tensor a, bool deterministic, int seed, int offset, Tensor? rng_state=None) -> Tensor");
-  m.def(
+      "int noise_mode, int seed, int offset, Tensor? rng_state=None) -> ()",
+      "meta_dropout(Tensor f, Tensor a, bool deterministic, int seed, int offset, Tensor? rng_state=None) -> Tensor",
       "meta_dropout_backward(Tensor grad_out, Tensor f, Tensor a, bool deterministic, int seed, "
-      "int offset, Tensor? rng_state=None) -> (Tensor, Tensor)");
-  // meta_dropout_backward's own derivative along (grad_grad_f, grad_grad_a), for second-order MAML:
-  // (d grad_out, d f, d a), eps regenerated.
-  m.def(
+      "int offset, Tensor? rng_state=None) -> (Tensor, Tensor)",
+      // meta_dropout_backward's own derivative along (grad_grad_f, grad_grad_a), for second-order
+      // MAML: (d grad_out, d f, d a), eps regenerated.
       "meta_dropout_double_backward(Tensor grad_grad_f, Tensor grad_grad_a, Tensor grad_out, Tensor f, Tensor a, "
-      "bool deterministic, int seed, int offset, Tensor? rng_state=None) -> (Tensor, Tensor, Tensor)");
+      "bool deterministic, int seed, int offset, Tensor? rng_state=None) -> (Tensor, Tensor, Tensor)"};
+  return schemas;
+}
+
+void dg::define_ops(torch::Library& m) {
+  for (const char* schema : op_schemas()) m.def(schema);
 }
 
 void dg::check_stream_args(double p, int64_t mode, int64_t offset, int64_t span) {

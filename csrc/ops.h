@@ -5,10 +5,13 @@
 
 #include <cstdint>
 #include <string>
+#include <vector>
 
 #include "dropgrad_math.h"
 
 namespace dg {
+// The schema of every kernel op, in the order define_ops defines them for a namespace.
+const std::vector<const char*>& op_schemas();
 void define_ops(torch::Library& m);
 
 // dropgrad_step's batch argument, as every C++ kernel reads it: refuses a negative batch and a

@@ -7,6 +7,7 @@ under vmap)."""
 import torch
 
 from . import _checks
+from ._table import OP_NAMES
 from . import reference as R
 
 _MODE_NAMES = {v: k for k, v in R.MODES.items()}
@@ -87,6 +88,5 @@ def meta_dropout_double_backward(grad_grad_f, grad_grad_a, grad_out, f, a, deter
                                           seed=seed, offset=offset)
 
 
-for _op in (philox4x32_10, noise, drop_grad, dropgrad_update, dropgrad_step, dropgrad_step_, meta_dropout,
-            meta_dropout_backward, meta_dropout_double_backward):
-    _op.default = _op  # each op called like a torch.ops overload
+for _name in OP_NAMES:
+    globals()[_name].default = globals()[_name]  # each op called like a torch.ops overload

@@ -17,13 +17,6 @@ import triton
 from . import _C
 
 
-# Elements of the op's dtype each fused op reads and writes once per element (its inputs and
-# outputs; a scalar lr and the noise, made in registers, move nothing): the bytes a memory-bound
-# kernel's time is bounded by. noise writes float32 only.
-ELEMENTS_MOVED = {"noise": 1, "drop_grad": 2, "dropgrad_update": 3, "dropgrad_step": 3, "meta_dropout": 3,
-                  "meta_dropout_backward": 5, "meta_dropout_double_backward": 8}
-
-
 def cuobjdump():
     return os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "cuobjdump")
 

@@ -9,18 +9,16 @@ import torch.nn.functional as F
 from torch._C._functorch import TransformType
 from torch._functorch import pyfunctorch
 
-from . import _C, _autograd, _checks, _reference_ops, reference
+from . import _C, _checks, _fakes, _reference_ops, reference
+from ._table import OP_NAMES
 from .reference import MODES
 
 BACKENDS = ("auto", "cpu", "cuda", "triton", "cuda-emulated", "reference")
-# The ops of csrc/ops.cpp, each with a kernel on every backend.
-OP_NAMES = ("philox4x32_10", "noise", "drop_grad", "dropgrad_update", "dropgrad_step", "dropgrad_step_",
-            "meta_dropout", "meta_dropout_backward", "meta_dropout_double_backward")
 _FLOAT_DTYPES = _checks.FLOAT_DTYPES
 _USER_MODES = {k: v for k, v in MODES.items() if k != "normal"}  # "normal" is logit_noise's, internal
 _SEED_MOD = 1 << 64
 
-_autograd.register(torch.ops.dropgrad, "dropgrad")
+_fakes.register(torch.ops.dropgrad, "dropgrad")
 
 
 # Read once: a constant is what torch.compile can trace through (the dispatcher query is not).
@@ -42,7 +40,7 @@ def _has_namespace(ns):
 # the CUDA headers; a test and debugging backend.
 _EMULATED = _has_namespace("dropgrad_emulated")
 if _EMULATED:
-    _autograd.register(torch.ops.dropgrad_emulated, "dropgrad_emulated")
+    _fakes.register(torch.ops.dropgrad_emulated, "dropgrad_emulated")
 
 
 def cuda_emulator_built():

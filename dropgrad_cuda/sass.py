@@ -15,7 +15,7 @@ The method (docs/gpu.md, "Compute bound from the SASS"):
   elements a path handles are its stored bytes over the kernel's outputs and element size.
 - Time per element per SM is the largest of: all instructions over the issue rate (4 schedulers,
   128 thread-instructions a clock), each pipe's instructions over its rate. Elements per second:
-  SMs x clock / that. Memory time per element: the bytes the op must move (dropgrad_cuda.cuda_build
+  SMs x clock / that. Memory time per element: the bytes the op must move (dropgrad_cuda._table
   ELEMENTS_MOVED x 4 bytes) over HBM bandwidth. The larger is the bound; the share of the memory
   roofline is memory time / the larger.
 """
@@ -25,7 +25,8 @@ import subprocess
 import tempfile
 from collections import Counter
 
-from .cuda_build import ELEMENTS_MOVED, _short, cuobjdump
+from ._table import ELEMENTS_MOVED, SCHEMAS
+from .cuda_build import _short, cuobjdump
 
 CLASSES = ("int multiply", "fp32", "fp64", "special function", "conversion", "other int/logic", "memory", "control")
 _CLASS_OF = {**{op: "int multiply" for op in ("IMAD", "IMUL")},
@@ -138,8 +139,7 @@ def _per_element(counts, elements):
 
 # Outputs of each kernel and their element size by template argument: a path's stored bytes over
 # (outputs x size) is the number of elements it handles (four a Philox counter, more if unrolled).
-OUTPUTS = {"noise": 1, "drop_grad": 1, "dropgrad_update": 1, "dropgrad_step": 1, "meta_dropout": 1,
-           "meta_dropout_backward": 2, "meta_dropout_double_backward": 3, "philox4x32_10": 1}
+OUTPUTS = {s.name: len(s.returns) for s in SCHEMAS}
 SIZE = {"float": 4, "double": 8, "__half": 2, "__nv_bfloat16": 2}
 
 
@@ -177,25 +177,16 @@ def cuda_kernels(library=None):
     return out
 
 
-# The Triton configurations predicted for: each fused op's float32 noisy launch.
-TRITON_OPS = {"noise": "elementwise[fp32,kind=0,mode=2,lr_full=False,state=False]",
-              "drop_grad": "elementwise[fp32,kind=1,mode=2,lr_full=False,state=False]",
-              "dropgrad_update": "elementwise[fp32,kind=2,mode=2,lr_full=False,state=False]",
-              "dropgrad_step": "step[fp32,mode=2,state=False,wd=False]",
-              "meta_dropout": "meta_dropout[fp32,noisy=True,state=False]",
-              "meta_dropout_backward": "meta_dropout_backward[fp32,noisy=True,state=False]",
-              "meta_dropout_double_backward": "meta_dropout_double_backward[fp32,noisy=True,state=False]"}
-
-
 def triton_kernels():
-    """{(arch, op): per-element class counts} of the AOT-compiled Triton kernels of TRITON_OPS."""
+    """{(arch, op): per-element class counts} of the AOT-compiled Triton kernels of each fused op's
+    predicted configuration (triton_kernels/configs.py, predicted())."""
     from .triton_kernels import aot, configs as triton_configs, kernels as K
 
     configs = {name: c for name, *c in triton_configs.configurations()}
     per_thread = K.ROWS * 4 / (32 * K.NUM_WARPS)
     out = {}
     for arch in (80, 90):
-        for op, name in TRITON_OPS.items():
+        for op, name in triton_configs.predicted().items():
             cubin = aot.cubin(*configs[name], arch)
             with tempfile.TemporaryDirectory() as tmp:
                 path = os.path.join(tmp, "k.cubin")

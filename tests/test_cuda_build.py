@@ -42,7 +42,9 @@ def test_docs_sass_tables_match_the_built_library():
     """docs/gpu.md's SASS tables (python -m dropgrad_cuda.cuda_build --sass --update-doc) name
     every kernel and architecture of this build and every fused op; their numbers are a build's."""
     from dropgrad_cuda import sass
-    from dropgrad_cuda.cuda_build import ELEMENTS_MOVED, resource_usage
+    from dropgrad_cuda._table import ELEMENTS_MOVED
+    from dropgrad_cuda.cuda_build import resource_usage
+    from dropgrad_cuda.triton_kernels import configs
 
     with open(os.path.join(ROOT, "docs", "gpu.md")) as fh:
         doc = fh.read()
@@ -50,7 +52,7 @@ def test_docs_sass_tables_match_the_built_library():
     rows = [[c.strip() for c in l.split("|")[1:-1]] for l in section.splitlines() if l.startswith("| ")]
     counted = {(r[0], r[1], r[2]) for r in rows if len(r) == 4 + len(sass.CLASSES) and r[0] in ("CUDA", "Triton")}
     built = {("CUDA", k, a) for a, k, *_ in resource_usage() if k != "unpack_kernel"}  # unpack: no per-element loop
-    triton = {("Triton", op, a) for op in sass.TRITON_OPS for a in ("sm_80", "sm_90")}
+    triton = {("Triton", op, a) for op in configs.predicted() for a in ("sm_80", "sm_90")}
     assert counted == built | triton
     predicted = {(r[0], r[1]) for r in rows if len(r) == 7 and r[3] in ("memory", "compute")}
     assert predicted == {(op, b) for op in ELEMENTS_MOVED for b in ("CUDA", "Triton")}

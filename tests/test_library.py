@@ -62,10 +62,10 @@ NO_BATCHING = {"dropgrad_step_"}  # the optimizer's in-place step: refused under
 def test_every_op_is_in_every_list(namespace):
     """The schemas of csrc/ops.cpp are the one table of ops; everything else is derived from it or
     checked against it here: the Python list, each namespace's kernels, autograd, fakes and batching
-    rules, the bytes-moved table, the Triton SASS list and the opcheck samples. A new op missing
+    rules, the bytes-moved table, the Triton launches predicted for and the opcheck samples. A new op missing
     from any of them fails this test (docs/architecture.md lists where each lives)."""
-    from dropgrad_cuda.cuda_build import ELEMENTS_MOVED
-    from dropgrad_cuda.sass import TRITON_OPS
+    from dropgrad_cuda._table import ELEMENTS_MOVED
+    from dropgrad_cuda.triton_kernels import configs
 
     if namespace == "dropgrad_triton":
         dg.ops._triton_ops()
@@ -79,7 +79,7 @@ def test_every_op_is_in_every_list(namespace):
         assert has("Autograd") == (op not in NOT_DIFFERENTIABLE), q
         assert torch._library.simple_registry.singleton.find(q).fake_impl.kernel is not None, q
     assert set(ELEMENTS_MOVED) | set(NO_BYTES_MODEL) == set(OPS) and not set(ELEMENTS_MOVED) & set(NO_BYTES_MODEL)
-    assert set(TRITON_OPS) == set(ELEMENTS_MOVED)
+    assert set(configs.predicted()) == set(ELEMENTS_MOVED)
 
 
 def test_the_reference_is_a_namespace_of_every_op():

@@ -17,8 +17,13 @@ def _acc(d):
     return tl.float64 if d == "fp64" else tl.float32
 
 
+# The op each KIND of the elementwise kernel computes.
+_ELEMENTWISE_OPS = {K.NOISE: "noise", K.DROP_GRAD: "drop_grad", K.UPDATE: "dropgrad_update"}
+
+
 def configurations():
-    """(name, kernel, signature, constexprs): every specialization the host code launches."""
+    """(name, kernel, signature, constexprs): every specialization the host code launches, named
+    op[dtype,constexprs...] (dropgrad_step's also serve dropgrad_step_)."""
     runtime = {"seed": "i64", "p": "fp32", "scale": "fp32", "sigma": "fp32"}
     for d, kind, mode, lr_full, state in itertools.product(DTYPES, (K.NOISE, K.DROP_GRAD, K.UPDATE), (0, 1, 2, 3),
                                                            (False, True), (False, True)):
@@ -30,7 +35,7 @@ def configurations():
         sig = {"out_ptr": f"*{d}", "grad_ptr": f"*{d}", "param_ptr": f"*{d}", "lr_ptr": f"*{d if lr_full else _acc(d).name}",
                "state_ptr": "*i64", "n": "i64", "q0": "i64", **runtime, "KIND": "constexpr", "MODE": "constexpr",
                "LR_FULL": "constexpr", "ACC": "constexpr", "HAS_STATE": "constexpr"}
-        yield (f"elementwise[{d},kind={kind},mode={mode},lr_full={lr_full},state={state}]", K.elementwise_kernel, sig,
+        yield (f"{_ELEMENTWISE_OPS[kind]}[{d},mode={mode},lr_full={lr_full},state={state}]", K.elementwise_kernel, sig,
                {"KIND": kind, "MODE": mode, "LR_FULL": lr_full, "ACC": _acc(d), "HAS_STATE": state})
     for d, mode, state, wd in itertools.product(DTYPES, (0, 1, 2, 3), (False, True), (False, True)):
         if (state and mode == 0) or (mode == 3 and wd):  # mode 3: logit_noise under vmap, never in place
@@ -38,7 +43,7 @@ def configurations():
         sig = {"table_ptr": "*i64", "block_tensor_ptr": "*i32", "state_ptr": "*i64", "wd_ptr": f"*{_acc(d).name}" if wd else "*i64", **runtime,
                "MODE": "constexpr", "DTYPE": "constexpr", "ACC": "constexpr", "HAS_STATE": "constexpr",
                "HAS_WD": "constexpr"}
-        yield (f"step[{d},mode={mode},state={state},wd={wd}]", K.step_kernel, sig,
+        yield (f"dropgrad_step[{d},mode={mode},state={state},wd={wd}]", K.step_kernel, sig,
                {"MODE": mode, "DTYPE": DTYPES[d], "ACC": _acc(d), "HAS_STATE": state, "HAS_WD": wd})
     for d, noisy, state in itertools.product(DTYPES, (False, True), (False, True)):
         if state and not noisy:
@@ -56,6 +61,16 @@ def configurations():
                                               "BLOCK": "constexpr"}, {"BLOCK": 1024})
 
 
+def predicted():
+    """{op: configuration name}: the launch each fused op's GPU predictions (dropgrad_cuda/sass.py)
+    are made for: float32, Gaussian noise (meta-dropout's ops: their normal noise), a scalar lr, no
+    weight decay, the host's stream."""
+    typical = {"MODE": 2, "NOISY": True, "LR_FULL": False, "HAS_STATE": False, "HAS_WD": False}
+    out = {}
+    for name, _, _, constexprs in configurations():
+        if "[fp32," in name and all(constexprs.get(k, v) == v for k, v in typical.items()):
+            out.setdefault(name.split("[")[0], name)
+    return out
 
 
 def key(kernel, constexprs):

@@ -18,8 +18,11 @@ ROWS_C = tl.constexpr(ROWS)
 NUM_WARPS = 4
 RUNTIME = ["n", "seed", "q0", "p", "scale", "sigma"]
 
-# What an elementwise kernel writes: the noise itself, grad * n, or param - lr * (grad * n).
+# What an elementwise kernel writes (its KIND): the noise itself, grad * n, or param - lr * (grad * n).
+# The host passes the ints; a kernel compares with their constexpr twins, as ROWS_C (a jitted
+# function reads only constexpr globals).
 NOISE, DROP_GRAD, UPDATE = 0, 1, 2
+NOISE_C, DROP_GRAD_C = tl.constexpr(NOISE), tl.constexpr(DROP_GRAD)
 
 
 @triton.jit
@@ -50,13 +53,13 @@ def elementwise_kernel(out_ptr, grad_ptr, param_ptr, lr_ptr, state_ptr, n, seed,
         nz = tl.full((ROWS_C, 4), 1.0, tl.float32)
     else:
         nz = noise_tile(seed, q0 + rows, p, scale, sigma, MODE)
-    if KIND == 0:
+    if KIND == NOISE_C:
         tl.store(out_ptr + idx, nz, mask=mask)
     else:
         g = tl.load(grad_ptr + idx, mask=mask).to(ACC)
         if MODE != 0:
             g = g * nz.to(ACC)
-        if KIND == 1:
+        if KIND == DROP_GRAD_C:
             tl.store(out_ptr + idx, cast_out(g, out_ptr.dtype.element_ty), mask=mask)
         else:
             if LR_FULL:

@@ -5,8 +5,8 @@ import math
 import torch
 import triton
 
-from dropgrad_cuda import _autograd, _checks
-from dropgrad_cuda.ops import OP_NAMES
+from dropgrad_cuda import _checks, _fakes
+from dropgrad_cuda._table import OP_NAMES
 from dropgrad_cuda.reference import dense, empty_in_layout, in_layout, span, stream_offsets
 
 from . import configs
@@ -214,7 +214,7 @@ def _register():
         # CPU runs only under TRITON_INTERPRET=1; dropgrad_cuda.ops checks that before dispatching here.
         _lib.impl(name, fn, "CPU")
         _lib.impl(name, fn, "CUDA")
-    _autograd.register(getattr(torch.ops, NAMESPACE), NAMESPACE)
+    _fakes.register(getattr(torch.ops, NAMESPACE), NAMESPACE)
 
 
 _register()

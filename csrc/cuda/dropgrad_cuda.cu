@@ -48,6 +48,6 @@ void unpack_generator_state(uint64_t seed, const int64_t* seed_ptr, uint64_t off
   check_launch("unpack_kernel");
 }
 
-}  // namespace dg_cuda
+DG_DEVICE_LAUNCH_PLANS(template)
 
-DG_INSTANTIATE_LAUNCH_PLANS(dg_cuda::DeviceLaunch)
+}  // namespace dg_cuda

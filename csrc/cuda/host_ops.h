@@ -10,7 +10,7 @@
 #include <vector>
 
 #include "../ops.h"
-#include "launchers.h"
+#include "kernels.cuh"
 
 namespace dg_cuda {
 namespace host {

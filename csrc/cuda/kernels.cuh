@@ -1,16 +1,74 @@
 // The CUDA kernels of the dropgrad:: ops and their launch plans, written once for two compilers:
 // nvcc builds them for the GPU (dropgrad_cuda.cu), g++ for the CPU emulator (csrc/emulated),
 // which runs every launch block by block and thread by thread. A kernel is a functor whose
-// operator() is one thread's work given its index; a launch plan calls `launch(grid, kernel)`.
+// operator() is one thread's work given its index; a launch plan calls `launch(grid, kernel)`
+// over a launcher L: DeviceLaunch launches `kernel` over `grid` blocks of kThreads threads on a
+// CUDA stream, the emulator's HostLaunch runs every thread of it on the CPU. The host code
+// (host_ops.h, g++) calls the plans; this file includes no torch header.
 // One thread handles one Philox counter, i.e. four consecutive elements (the contract's unit),
 // with 16-byte loads and stores where aligned.
 #pragma once
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
+#include <cuda_runtime.h>
 
-#include "launchers.h"
+#include <cstdint>
+
+#include "../dropgrad_math.h"
 
 namespace dg_cuda {
+
+constexpr int kThreads = 256;
+constexpr int64_t kMaxGrid = 65535 * 16;  // blocks of a grid-stride launch; the loops cover the rest
+// The multi-tensor list of dropgrad_step: tensors and blocks (chunks) a launch carries, and the
+// Philox counters of a chunk (2048: 8192 elements, 8 counters or 32 elements per thread at 256 threads).
+constexpr int kListSize = 24;
+constexpr int kMaxBlocks = 320;
+constexpr int64_t kChunk = 2048;
+
+enum class DType { kFloat, kDouble, kHalf, kBFloat16 };
+
+// lr: lr_vec (the param's dtype, full shape) if set, else *lr_ptr (the op-math type, device) if
+// set, else lr_value. Reading a tensor lr on the device avoids a host sync.
+struct LearningRate {
+  const void* lr_vec;
+  const void* lr_ptr;
+  double lr_value;
+};
+
+struct StepTensor {
+  const void* param;
+  const void* grad;
+  void* out;  // param itself for the in-place step
+  LearningRate lr;
+  int64_t numel;
+  int64_t q0;  // first Philox counter of the tensor's stream
+};
+
+// Where a kernel's stream comes from: the host's key and first counter, unless `state` (a device
+// int64 [seed, offset], see csrc/ops.cpp) is set; then its seed is the key and offset / 4 is
+// added to every counter, read on the device when the kernel runs (CUDA-graph safe).
+struct Rng {
+  dg::Stream st;
+  const int64_t* state;
+};
+
+// A thread's place in its launch: blockIdx.x, threadIdx.x, gridDim.x, blockDim.x.
+struct Idx {
+  int64_t block, thread, blocks, threads;
+};
+
+struct DeviceLaunch {
+  cudaStream_t stream;
+  int64_t max_blocks = kMaxGrid;
+  template <class K>
+  void operator()(int64_t grid, const K& kernel) const;  // dropgrad_cuda.cu
+};
+
+// Reserves `counters` Philox counters of torch's CUDA generator (state from philox_cuda_state,
+// passed as its raw fields) and writes [seed, 4 * offset] to out, on the device.
+void unpack_generator_state(uint64_t seed, const int64_t* seed_ptr, uint64_t offset, const int64_t* offset_ptr,
+                            uint32_t offset_intragraph, bool captured, int64_t* out, cudaStream_t stream);
 
 #if defined(DG_EMULATOR)
 void emulator_check_aligned(const void* p, size_t bytes);  // records a misaligned access (csrc/emulated)
@@ -92,7 +150,7 @@ DG_HD void noise_or_ones(const dg::Stream& st, uint64_t q, float n[4]) {
   }
 }
 
-// The stream a kernel runs: the host's, or the one read from rng.state (see launchers.h).
+// The stream a kernel runs: the host's, or the one read from rng.state (see Rng above).
 DG_HD dg::Stream resolve(const Rng& rng, int64_t& q0) {
   dg::Stream st = rng.st;
   if (rng.state) {
@@ -362,7 +420,7 @@ void dispatch(DType dt, const F& f) {
 
 }  // namespace kernels
 
-// ---------------------------------------------------------------- launch plans (launchers.h)
+// ---------------------------------------------------------------- launch plans
 template <class L>
 void noise(const L& launch, float* out, int64_t n, const Rng& rng, int64_t q0) {
   if (n == 0) return;
@@ -451,6 +509,7 @@ void meta_dropout_backward(const L& launch, DType dt, const void* grad_out, cons
   });
 }
 
+// in: grad_grad_f, grad_grad_a, grad_out, f, a; out: d grad_out, d f, d a.
 template <class L>
 void meta_dropout_double_backward(const L& launch, DType dt, const void* const in[5], void* const out[3], int64_t n,
                                   const Rng& rng, int64_t q0) {
@@ -472,20 +531,27 @@ void philox4x32_10(const L& launch, const int64_t* counter, const int64_t* key, 
 
 }  // namespace dg_cuda
 
-// The launch plans for one launcher type, instantiated where that launcher is defined.
-#define DG_INSTANTIATE_LAUNCH_PLANS(L)                                                                               \
-  template void dg_cuda::noise<L>(const L&, float*, int64_t, const dg_cuda::Rng&, int64_t);                          \
-  template void dg_cuda::drop_grad<L>(const L&, dg_cuda::DType, const void*, void*, int64_t, const dg_cuda::Rng&,    \
-                                      int64_t);                                                                      \
-  template void dg_cuda::dropgrad_update<L>(const L&, dg_cuda::DType, const void*, const void*,                      \
-                                            const dg_cuda::LearningRate&, void*, int64_t, const dg_cuda::Rng&,       \
-                                            int64_t);                                                                \
-  template void dg_cuda::dropgrad_step<L>(const L&, dg_cuda::DType, const dg_cuda::StepTensor*, int,                 \
-                                          const dg_cuda::Rng&, double);                                              \
-  template void dg_cuda::meta_dropout<L>(const L&, dg_cuda::DType, const void*, const void*, void*, int64_t,         \
-                                         const dg_cuda::Rng&, int64_t);                                              \
-  template void dg_cuda::meta_dropout_backward<L>(const L&, dg_cuda::DType, const void*, const void*, const void*,   \
-                                                  void*, void*, int64_t, const dg_cuda::Rng&, int64_t);              \
-  template void dg_cuda::meta_dropout_double_backward<L>(const L&, dg_cuda::DType, const void* const[5],          \
-                                                         void* const[3], int64_t, const dg_cuda::Rng&, int64_t);    \
-  template void dg_cuda::philox4x32_10<L>(const L&, const int64_t*, const int64_t*, int64_t*, int64_t);
+// The GPU's launch plans: instantiated once, where nvcc compiles them (dropgrad_cuda.cu), and only
+// declared to the host code that calls them (dropgrad_cuda_ops.cpp, g++), which so compiles no
+// device launch. The emulator's, over HostLaunch, instantiate where they are used. Used inside
+// namespace dg_cuda.
+#define DG_DEVICE_LAUNCH_PLANS(INSTANTIATION)                                                                       \
+  using D = DeviceLaunch;                                                                                           \
+  INSTANTIATION void noise<D>(const D&, float*, int64_t, const Rng&, int64_t);                                      \
+  INSTANTIATION void drop_grad<D>(const D&, DType, const void*, void*, int64_t, const Rng&, int64_t);               \
+  INSTANTIATION void dropgrad_update<D>(const D&, DType, const void*, const void*, const LearningRate&, void*,       \
+                                        int64_t, const Rng&, int64_t);                                              \
+  INSTANTIATION void dropgrad_step<D>(const D&, DType, const StepTensor*, int, const Rng&, double);                 \
+  INSTANTIATION void meta_dropout<D>(const D&, DType, const void*, const void*, void*, int64_t, const Rng&,          \
+                                     int64_t);                                                                      \
+  INSTANTIATION void meta_dropout_backward<D>(const D&, DType, const void*, const void*, const void*, void*, void*, \
+                                              int64_t, const Rng&, int64_t);                                        \
+  INSTANTIATION void meta_dropout_double_backward<D>(const D&, DType, const void* const[5], void* const[3],         \
+                                                     int64_t, const Rng&, int64_t);                                 \
+  INSTANTIATION void philox4x32_10<D>(const D&, const int64_t*, const int64_t*, int64_t*, int64_t);
+
+#if !defined(__CUDACC__) && !defined(DG_EMULATOR)
+namespace dg_cuda {
+DG_DEVICE_LAUNCH_PLANS(extern template)
+}  // namespace dg_cuda
+#endif

@@ -12,7 +12,7 @@
 
 #include "../cuda/kernels.cuh"
 #include "../cuda/host_ops.h"
-#include "../autograd.h"
+#include "../namespaces.h"
 #include "../ops.h"
 
 namespace dg_cuda {
@@ -73,8 +73,6 @@ std::vector<int64_t> launches() {
 
 }  // namespace
 }  // namespace dg_cuda
-
-DG_INSTANTIATE_LAUNCH_PLANS(dg_cuda::HostLaunch)
 
 TORCH_LIBRARY(dropgrad_emulated, m) {
   dg::define_ops(m);
