@@ -11,7 +11,7 @@ from torch._functorch import pyfunctorch
 
 from . import _C, _checks, _fakes, _reference_ops, reference
 from ._table import OP_NAMES
-from .reference import MODES
+from .reference import MODES, noise_mode
 
 BACKENDS = ("auto", "cpu", "cuda", "triton", "cuda-emulated", "reference")
 _FLOAT_DTYPES = _checks.FLOAT_DTYPES
@@ -135,7 +135,7 @@ def _check_mode(mode):
 
 
 def _noisy(p, mode):
-    return mode != "none" and p > 0
+    return noise_mode(MODES[mode], p) != MODES["none"]
 
 
 def _check_int(v, name):

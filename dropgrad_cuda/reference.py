@@ -8,6 +8,12 @@ import torch
 import torch.nn.functional as F
 
 MODES = {"none": 0, "bernoulli": 1, "gaussian": 2, "normal": 3}
+
+
+def noise_mode(mode, p):
+    """The mode (a MODES code) a stream runs: "none" when p is 0, but "normal" (raw N(0,1)), which
+    takes no p. The one test in Python of whether an op draws noise (C++'s: dg::noise_mode)."""
+    return MODES["none"] if p == 0 and mode != MODES["normal"] else mode
 _M32 = 0xFFFFFFFF
 
 
@@ -109,7 +115,7 @@ def noise(numel, p, mode, seed, offset=0, device=None):
     mode "bernoulli": 1/(1-p) where uniform > p, else 0; "gaussian": 1 + sqrt(p/(1-p)) * z;
     "normal": z (the meta-dropout epsilon); "none" or p == 0 (except "normal"): ones.
     """
-    if mode == "none" or (p == 0 and mode != "normal"):
+    if noise_mode(MODES[mode], p) == MODES["none"]:
         return torch.ones(numel, dtype=torch.float32, device=device)
     w = words(numel + (-numel) % 4, seed, offset, device).reshape(-1, 4)
     if mode == "bernoulli":
@@ -192,7 +198,7 @@ def dropgrad_update(param, grad, lr, p, mode="gaussian", *, seed, offset=0, weig
     g = grad.to(c)
     if weight_decay != 0:
         g = g + torch.as_tensor(weight_decay, dtype=c) * param.to(c)
-    if mode == "normal" or not (mode == "none" or p == 0):  # "normal" ignores p, as noise() does
+    if noise_mode(MODES[mode], p) != MODES["none"]:
         g = g * _noise_like(param, p, mode, seed, offset)
     return _laid_out((param.to(c) - lr * g).to(param.dtype), param)
 

@@ -7,7 +7,7 @@ import triton
 
 from dropgrad_cuda import _checks, _fakes
 from dropgrad_cuda._table import OP_NAMES
-from dropgrad_cuda.reference import dense, empty_in_layout, in_layout, span, stream_offsets
+from dropgrad_cuda.reference import dense, empty_in_layout, in_layout, noise_mode, span, stream_offsets
 
 from . import configs
 from . import kernels as K
@@ -27,10 +27,6 @@ def _tl(dtype):
 def _scalars(p):
     """float32 Bernoulli threshold, 1/(1-p) and sqrt(p/(1-p)), rounded from double as in dg::make_noise_params."""
     return p, 1.0 / (1.0 - p), math.sqrt(p / (1.0 - p))
-
-
-def _mode(p, mode):
-    return 0 if (p == 0.0 and mode != 3) else mode
 
 
 def _grid(numel):
@@ -63,7 +59,7 @@ def _state(rng_state, like, noisy=True):
 def _elementwise(kind, out, grad, param, lr_t, numel, p, mode, seed, offset, rng_state):
     _checks.stream(p, mode, offset, numel)
     lr_full = lr_t is not None and lr_t.dim() > 0
-    mode = _mode(p, mode)
+    mode = noise_mode(mode, p)
     state, has_state = _state(rng_state, out, mode != 0)
     _launch(K.elementwise_kernel, _grid(numel), out, grad if grad is not None else out, param if param is not None else out,
             lr_t if lr_t is not None else out, state, numel, seed, offset // 4, *_scalars(p),
@@ -122,6 +118,7 @@ def _step(params, grads, lrs, lr, weight_decay, p, mode, seed, offset, rng_state
     row_numels = [w.numel() // nrows for w in ws]
     starts = stream_offsets(row_numels, offset)
     list_span = sum(map(span, row_numels))
+    mode = noise_mode(mode, p)
     by_dtype = {}
     for k, w in enumerate(ws):
         if w.numel():
@@ -147,10 +144,10 @@ def _step(params, grads, lrs, lr, weight_decay, p, mode, seed, offset, rng_state
         table = torch.tensor(table, dtype=torch.int64).to(device, non_blocking=True)
         block_tensor = torch.repeat_interleave(torch.arange(len(blocks), dtype=torch.int32), torch.tensor(blocks))
         block_tensor = block_tensor.to(device, non_blocking=True)
-        state, has_state = _state(rng_state, ws[ks[0]], _mode(p, mode) != 0)
+        state, has_state = _state(rng_state, ws[ks[0]], mode != 0)
         # Without weight decay wd_ptr is never read: the table stands in, no tensor is made and copied.
         wd = torch.tensor(weight_decay, dtype=_acc(dtype)).to(device, non_blocking=True) if weight_decay else table
-        _launch(K.step_kernel, (first,), table, block_tensor, state, wd, seed, *_scalars(p), MODE=_mode(p, mode),
+        _launch(K.step_kernel, (first,), table, block_tensor, state, wd, seed, *_scalars(p), MODE=mode,
                 DTYPE=_tl(dtype), ACC=_tl(_acc(dtype)), HAS_STATE=has_state, HAS_WD=weight_decay != 0.0)
     if in_place:
         for w, o in zip(params, outs):
