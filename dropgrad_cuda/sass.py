@@ -1,5 +1,5 @@
 """What a GPU will do with the built kernels, read from their SASS (no GPU needed): instructions
-per element by class, and the predicted bound of each fused float32 op on A100 and H100.
+per element by class, and the predicted bound of each fused float32 op on A100, H100 and H200.
 
 The method (docs/gpu.md, "Compute bound from the SASS"):
 - SASS from `cuobjdump -sass` of the built library (CUDA kernels) and of the cubins that Triton's
@@ -44,8 +44,9 @@ ARITHMETIC = ("int multiply", "fp32", "fp64", "special function", "conversion")
 # 64 and 128, FP64 32 and 64, 32-bit integer multiply-add 64, special functions (MUFU) 16,
 # conversions 16, other 32-bit integer and logic 64; loads/stores 32 (the LD/ST units of the
 # whitepapers). Integer multiply-adds share the FMA pipe with FP32 (the "fmaheavy" pipe, half of
-# sm_90's FP32 rate). SMs, boost clock and HBM bandwidth: NVIDIA's A100 (SXM4 80GB) and H100
-# (SXM5 80GB) datasheets.
+# sm_90's FP32 rate). SMs, boost clock and HBM bandwidth: NVIDIA's A100 (SXM4 80GB), H100
+# (SXM5 80GB) and H200 (SXM 141GB: the H100's SMs and clock, HBM3e) datasheets. The H200 is the GPU
+# this project can be lent (scripts/gpu_check.sh measures what these predict).
 GPUS = {
     "A100": dict(arch="sm_80", sms=108, ghz=1.41, hbm_gbs=2039,
                  rates={"fp32": 64, "fp64": 32, "int multiply": 64, "special function": 16, "conversion": 16,
@@ -54,6 +55,7 @@ GPUS = {
                  rates={"fp32": 128, "fp64": 64, "int multiply": 64, "special function": 16, "conversion": 16,
                         "other int/logic": 64, "memory": 32}),
 }
+GPUS["H200"] = dict(GPUS["H100"], hbm_gbs=4800)
 ISSUE = 128  # thread-instructions per clock per SM: 4 schedulers x 32 lanes
 
 
@@ -177,25 +179,31 @@ def cuda_kernels(library=None):
     return out
 
 
+def triton_counts(fn, sig, constexprs, arch, num_warps, per_thread, fp_fusion=False):
+    """Per-element class counts of a Triton kernel compiled for sm_<arch> as launched on aligned
+    tensors (triton_kernels/aot.py), its whole program over the `per_thread` elements a thread
+    handles."""
+    from .triton_kernels import aot
+
+    cubin = aot.compile_for(fn, sig, constexprs, arch, num_warps, fp_fusion, aligned=True).asm["cubin"]
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, "k.cubin")
+        with open(path, "wb") as fh:
+            fh.write(cubin)
+        text = subprocess.run([cuobjdump(), "-sass", path], capture_output=True, text=True, check=True).stdout
+    ((_, ins),) = parse(text).items()
+    return _per_element(path_counts(ins, loop=False), per_thread)
+
+
 def triton_kernels():
-    """{(arch, op): per-element class counts} of the AOT-compiled Triton kernels of each fused op's
-    predicted configuration (triton_kernels/configs.py, predicted())."""
-    from .triton_kernels import aot, configs as triton_configs, kernels as K
+    """{(arch, op): per-element class counts} of our Triton kernels, each fused op's predicted
+    configuration (triton_kernels/configs.py, predicted())."""
+    from .triton_kernels import configs as triton_configs, kernels as K
 
     configs = {name: c for name, *c in triton_configs.configurations()}
     per_thread = K.ROWS * 4 / (32 * K.NUM_WARPS)
-    out = {}
-    for arch in (80, 90):
-        for op, name in triton_configs.predicted().items():
-            cubin = aot.cubin(*configs[name], arch)
-            with tempfile.TemporaryDirectory() as tmp:
-                path = os.path.join(tmp, "k.cubin")
-                with open(path, "wb") as fh:
-                    fh.write(cubin)
-                text = subprocess.run([cuobjdump(), "-sass", path], capture_output=True, text=True, check=True).stdout
-            ((_, ins),) = parse(text).items()
-            out[(f"sm_{arch}", op)] = _per_element(path_counts(ins, loop=False), per_thread)
-    return out
+    return {(f"sm_{arch}", op): triton_counts(*configs[name], arch, K.NUM_WARPS, per_thread)
+            for arch in (80, 90) for op, name in triton_configs.predicted().items()}
 
 
 def report():
@@ -210,10 +218,12 @@ def report():
     for backend, k, a, c in rows:
         lines.append(f"| {backend} | {k} | {a} | " + " | ".join(f"{c[x]:.2f}" for x in CLASSES) +
                      f" | {sum(c.values()):.1f} |")
-    lines += ["", "Predicted, not measured: each fused op at float32 on A100 (sm_80) and H100 (sm_90), from the "
-              "counts above (the method is in the text before this table).", "",
-              "| op | backend | bytes/element | A100 bound | A100 share of memory roofline | "
-              "H100 bound | H100 share of memory roofline |", "| --- | --- | ---: | --- | ---: | --- | ---: |"]
+    lines += ["", "Predicted, not measured: each fused op at float32 on " + ", ".join(
+              f"{gpu} ({g['arch']})" for gpu, g in GPUS.items()) + ", from the counts above (the method is in "
+              "the text before this table).", "",
+              "| op | backend | bytes/element | " + " | ".join(f"{gpu} bound | {gpu} share of memory roofline"
+                                                          for gpu in GPUS) + " |",
+              "| --- | --- | ---: | " + " | ".join("--- | ---:" for _ in GPUS) + " |"]
     for op, moved in ELEMENTS_MOVED.items():
         for backend, counts in (("CUDA", {a: c for (a, k), c in cuda.items() if k in (f"{op}_kernel<float>",
                                                                                      f"{op}_kernel")}),
@@ -229,10 +239,11 @@ def report():
 BEGIN, END = "<!-- sass tables: python -m dropgrad_cuda.cuda_build --sass --update-doc -->", "<!-- end of sass tables -->"
 
 
-def update_doc(text, path=None):
+def update_doc(text, path=None, begin=BEGIN, end=END):
+    """Replace the part of docs/gpu.md between the markers begin and end with text."""
     path = path or os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "docs", "gpu.md")
     with open(path) as fh:
         doc = fh.read()
-    i, j = doc.index(BEGIN) + len(BEGIN), doc.index(END)
+    i, j = doc.index(begin) + len(begin), doc.index(end)
     with open(path, "w") as fh:
         fh.write(doc[:i] + "\n" + text + "\n" + doc[j:])

@@ -20,14 +20,14 @@ from triton.compiler import ASTSource
 from . import kernels as K
 from .configs import configurations
 
-def compile_for(fn, sig, constexprs, arch):
-    return triton.compile(ASTSource(fn, sig, constexprs), target=GPUTarget("cuda", arch, 32),
-                          options={"num_warps": K.NUM_WARPS, "enable_fp_fusion": False})
-
-
-def cubin(fn, sig, constexprs, arch):
-    """The kernel's cubin for sm_<arch> (its SASS: dropgrad_cuda/sass.py)."""
-    return compile_for(fn, sig, constexprs, arch).asm["cubin"]
+def compile_for(fn, sig, constexprs, arch, num_warps=K.NUM_WARPS, fp_fusion=False, aligned=False):
+    """triton.compile for sm_<arch>. aligned: the specialization the launcher gives 16-byte aligned
+    tensors of a numel that is a multiple of 16 (every pointer and the count `n`/`xnumel`
+    divisible by 16), which is what a launch on such tensors runs."""
+    attrs = {(i,): [["tt.divisibility", 16]] for i, (a, t) in enumerate(sig.items())
+             if t.startswith("*") or a in ("n", "xnumel")} if aligned else None
+    return triton.compile(ASTSource(fn, sig, constexprs, attrs), target=GPUTarget("cuda", arch, 32),
+                          options={"num_warps": num_warps, "enable_fp_fusion": fp_fusion})
 
 
 def resources(ptx, arch):
