@@ -123,7 +123,9 @@ stage() {  # name, budget (s), command...: runs it in its time box, reports stat
   shift 2
   echo "== gpu_check: stage $name (budget ${budget} s)"
   t0=$(date +%s)
-  timeout --foreground -k 10 "$budget" "$@"
+  # Not --foreground: on a timeout the whole process group goes (a build's compilers included),
+  # not only the command, whose orphans would otherwise go on eating the lease.
+  timeout -k 10 "$budget" "$@"
   rc=$?
   local wall=$(( $(date +%s) - t0 ))
   if [ "$rc" = 124 ] || [ "$rc" = 137 ]; then
