@@ -165,24 +165,24 @@ void dg::check_lists(at::TensorList params, at::TensorList grads, at::TensorList
                     " and ", grads.size());
   TORCH_CHECK_VALUE(lrs.empty() || lrs.size() == params.size(), "lr must have one entry per param (", params.size(),
                     "), got ", lrs.size());
+  TORCH_CHECK_VALUE(batch >= 0, "batch must be non-negative, got ", batch);
   for (size_t k = 0; k < params.size(); ++k) {
     const std::string i = "[" + std::to_string(k) + "]";
     check_pair(params[k], grads[k], "params" + i, "grads" + i);
     TORCH_CHECK_VALUE(params[k].device() == params[0].device(), "params", i, " is on ", params[k].device().str(),
                       " but params[0] is on ", params[0].device().str());
-    if (!lrs.empty() && batch == 0) check_lr(lrs[k], params[k], "lr" + i);
+    TORCH_CHECK_VALUE(batch == 0 || (params[k].dim() > 0 && params[k].size(0) == batch), "params", i,
+                      " must have the batch of ", batch, " lists along dim 0");
+    if (lrs.empty()) continue;
+    const bool one_list = lr_form(lrs[k], params[k], batch) == LrForm::kShared;
+    check_lr(lrs[k], one_list ? params[k].select(0, 0) : params[k], "lr" + i);
   }
 }
 
 int64_t dg::batch_list_span(at::TensorList params, int64_t batch) {
-  TORCH_CHECK(batch >= 0, "batch must be non-negative, got ", batch);
   if (batch == 0) return 0;
   int64_t list_span = 0;
-  for (size_t k = 0; k < params.size(); ++k) {
-    TORCH_CHECK(params[k].dim() > 0 && params[k].size(0) == batch, "params[", k, "] must have the batch of ", batch,
-                " lists along dim 0");
-    list_span += span(params[k].numel() / batch);
-  }
+  for (const at::Tensor& w : params) list_span += span(w.numel() / batch);
   return list_span;
 }
 

@@ -14,9 +14,8 @@ namespace dg {
 const std::vector<const char*>& op_schemas();
 void define_ops(torch::Library& m);
 
-// dropgrad_step's batch argument, as every C++ kernel reads it: refuses a negative batch and a
-// param without the batch along dim 0; returns the span of one list, the stream distance from
-// list b to list b + 1 (0 when batch is 0: one list).
+// dropgrad_step's batch argument, as every C++ kernel reads it after check_lists: the span of one
+// list, the stream distance from list b to list b + 1 (0 when batch is 0: one list).
 int64_t batch_list_span(at::TensorList params, int64_t batch);
 
 // The checks of an op's stream arguments, written once for every namespace: the C++ kernels call
@@ -36,8 +35,18 @@ void check_pair(const at::Tensor& a, const at::Tensor& b, const std::string& an,
 // A tensor lr beside param: floating, on param's device, with one element or param's shape (and
 // then param's dtype).
 void check_lr(const at::Tensor& lr, const at::Tensor& param, const std::string& name);
-// A list call's params, grads and lrs (batch 0: lrs empty or one per param, each as check_lr).
+// A list call's params, grads and lrs: equal lengths, each pair as check_pair, one device, lrs
+// empty or one per param, each as check_lr; with batch > 0 (dropgrad_step under vmap: each param
+// holds `batch` lists' rows along dim 0) each lr may also be one list's shape, param.shape[1:].
 void check_lists(at::TensorList params, at::TensorList grads, at::TensorList lrs, int64_t batch);
+
+// The form of a tensor lr that check_lr or check_lists admitted, as every kernel reads it: one
+// element (a scalar), param's shape (an lr an element), or one list's shape shared by a batch.
+enum class LrForm { kScalar, kFull, kShared };
+inline LrForm lr_form(const at::Tensor& lr, const at::Tensor& param, int64_t batch = 0) {
+  if (lr.numel() == 1) return LrForm::kScalar;
+  return batch > 0 && lr.sizes() == param.sizes().slice(1) ? LrForm::kShared : LrForm::kFull;
+}
 
 // The stream length of a list: its tensors' spans added up.
 inline int64_t list_span(at::TensorList ts) {

@@ -49,12 +49,14 @@ def lr(l, param, name):
 
 
 def lists(params, grads, lrs, batch):
-    """A list call: equal lengths, each pair as pair(), one device, and (batch 0) each lr as lr()."""
-    if len(params) != len(grads) or (lrs and len(lrs) != len(params)):
+    """A list call: equal lengths, each pair as pair(), one device, each lr as lr(); with batch > 0
+    each param holds the batch along dim 0 and an lr may also be one list's, param.shape[1:]."""
+    if len(params) != len(grads) or (lrs and len(lrs) != len(params)) or batch < 0:
         _op().lists(params, grads, lrs, batch)
     for k, (w, g) in enumerate(zip(params, grads)):
         pair(w, g, f"params[{k}]", f"grads[{k}]")
-        if w.device != params[0].device:
+        if w.device != params[0].device or (batch and (w.dim() == 0 or w.shape[0] != batch)):
             _op().lists(params, grads, lrs, batch)
-        if lrs and not batch:
-            lr(lrs[k], w, f"lr[{k}]")
+        if lrs:
+            one_list = batch and lrs[k].dim() > 0 and lrs[k].shape == w.shape[1:]
+            lr(lrs[k], w[0] if one_list else w, f"lr[{k}]")

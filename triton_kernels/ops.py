@@ -103,12 +103,7 @@ def _step(params, grads, lrs, lr, weight_decay, p, mode, seed, offset, rng_state
     that is not dense through a copy written back."""
     _checks.list_stream(p, mode, offset, params)
     _checks.lists(params, grads, lrs, batch)
-    if batch < 0:
-        raise RuntimeError(f"batch must be non-negative, got {batch}")
     nrows = max(batch, 1)
-    for k, w in enumerate(params):
-        if batch and (w.dim() == 0 or w.shape[0] != batch):
-            raise RuntimeError(f"params[{k}] must have the batch of {batch} lists along dim 0")
     # In place, a dense param is written where it lies; another through a contiguous copy.
     outs = ([w if dense(w) else w.contiguous() for w in params] if in_place
             else [empty_in_layout(w, contiguous=batch > 0) for w in params])
@@ -128,9 +123,6 @@ def _step(params, grads, lrs, lr, weight_decay, p, mode, seed, offset, rng_state
         for k in ks:
             n, size = row_numels[k], ws[k].element_size()
             full = lr_args[k].dim() > 0
-            if full and lr_args[k].shape not in (ws[k].shape, ws[k].shape[1:] if batch else None):
-                raise RuntimeError(f"lrs[{k}] must be a scalar or have param's shape"
-                                   + (" or param.shape[1:]" if batch else ""))
             lr_row = n * size if full and lr_args[k].shape == ws[k].shape else 0  # 0: one lr shared by the lists
             for b in range(nrows):
                 cells = {"param": ws[k].data_ptr() + b * n * size, "grad": gs[k].data_ptr() + b * n * size,

@@ -163,13 +163,12 @@ struct LearningRate {
 LearningRate resolve_lr(const OptTensor& lr_tensor, double lr, const at::Tensor& param, const at::Tensor& out,
                         int64_t batch = 0) {
   if (!lr_tensor.has_value() || !lr_tensor->defined()) return {lr, at::Tensor()};
-  if (lr_tensor->numel() == 1) return {lr_tensor->item<double>(), at::Tensor()};
-  const bool shared = batch > 0 && lr_tensor->sizes() == param.sizes().slice(1);
-  TORCH_CHECK(shared || lr_tensor->sizes() == param.sizes(),
-              batch > 0 ? "lr must be a scalar, have param's shape or param.shape[1:]" : "lr must be a scalar or have param's shape");
-  TORCH_CHECK(lr_tensor->scalar_type() == param.scalar_type(), "a full-shape lr must have param's dtype");
-  return {0.0, shared ? lr_tensor->contiguous() : dg::in_layout(*lr_tensor, out),
-          shared ? 0 : param.numel() / std::max<int64_t>(batch, 1)};
+  switch (dg::lr_form(*lr_tensor, param, batch)) {
+    case dg::LrForm::kScalar: return {lr_tensor->item<double>(), at::Tensor()};
+    case dg::LrForm::kShared: return {0.0, lr_tensor->contiguous(), 0};
+    case dg::LrForm::kFull: break;
+  }
+  return {0.0, dg::in_layout(*lr_tensor, out), param.numel() / std::max<int64_t>(batch, 1)};
 }
 
 at::Tensor philox4x32_10_cpu(const at::Tensor& counter, const at::Tensor& key) {

@@ -52,25 +52,20 @@ inline Rng rng(double p, int64_t mode, int64_t seed, const OptTensor& rng_state,
   return {dg::make_stream(p, mode, seed), state};
 }
 
-// A tensor lr stays on the device (no host sync): a full one in the param's dtype and the output's
-// layout, a one-element
-// one converted to the op-math type; `keep` holds the converted tensor alive until the launch.
-// In a batch of lists (dropgrad_step's batch > 0) a full lr may also be one list's shape,
-// param.shape[1:], shared by the lists; *shared says so.
+// A tensor lr (its form: dg::lr_form) stays on the device (no host sync): a full one in the
+// param's dtype and the output's layout, a one-element one converted to the op-math type; `keep`
+// holds the converted tensor alive until the launch. *shared: one list's lr shared by a batch.
 inline LearningRate learning_rate(const OptTensor& lr_tensor, double lr, const at::Tensor& param, const at::Tensor& out,
                                   at::Tensor& keep, int64_t batch = 0, bool* shared = nullptr) {
   if (!lr_tensor.has_value() || !lr_tensor->defined()) return {nullptr, nullptr, lr};
-  if (lr_tensor->dim() > 0 && lr_tensor->numel() != 1) {  // full shape (an empty one too)
-    const bool one_list = batch > 0 && lr_tensor->sizes() == param.sizes().slice(1);
-    TORCH_CHECK((one_list || lr_tensor->sizes() == param.sizes()) && lr_tensor->scalar_type() == param.scalar_type(),
-                batch > 0 ? "a full-shape lr must have param's dtype and its shape or param.shape[1:]"
-                          : "a full-shape lr must have param's shape and dtype");
-    if (shared) *shared = one_list;
-    keep = one_list ? lr_tensor->contiguous() : dg::in_layout(*lr_tensor, out);
-    return {keep.data_ptr(), nullptr, 0.0};
+  const dg::LrForm form = dg::lr_form(*lr_tensor, param, batch);
+  if (form == dg::LrForm::kScalar) {
+    keep = lr_tensor->reshape({}).to(param.device(), opmath(param.scalar_type())).contiguous();
+    return {nullptr, keep.data_ptr(), 0.0};
   }
-  keep = lr_tensor->reshape({}).to(param.device(), opmath(param.scalar_type())).contiguous();
-  return {nullptr, keep.data_ptr(), 0.0};
+  if (shared) *shared = form == dg::LrForm::kShared;
+  keep = form == dg::LrForm::kShared ? lr_tensor->contiguous() : dg::in_layout(*lr_tensor, out);
+  return {keep.data_ptr(), nullptr, 0.0};
 }
 
 template <class D>
