@@ -26,21 +26,37 @@ enum Mode : int64_t { kNone = 0, kBernoulli = 1, kGaussian = 2, kNormal = 3 };
 template <typename Int>
 DG_HD Int span(Int numel) { return (numel + 3) / 4 * 4; }
 
+// Philox's round keys: round r's key is the seed's (k0, k1) plus r times the Weyl constants. They
+// depend only on the seed, so a CUDA kernel takes them ready-made with its stream (Stream::keys)
+// instead of adding them again for every counter (20 integer adds a counter).
+struct RoundKeys {
+  uint32_t k[20];
+};
+
+DG_HD RoundKeys round_keys(uint32_t k0, uint32_t k1) {
+  RoundKeys ks;
+  for (int r = 0; r < 10; ++r) {
+    ks.k[2 * r] = k0 + static_cast<uint32_t>(r) * 0x9E3779B9u;
+    ks.k[2 * r + 1] = k1 + static_cast<uint32_t>(r) * 0xBB67AE85u;
+  }
+  return ks;
+}
+
 // Philox4x32-10 exactly as triton/language/random.py:philox_impl.
-DG_HD void philox4x32_10(uint32_t c[4], uint32_t k0, uint32_t k1) {
+DG_HD void philox4x32_10(uint32_t c[4], const RoundKeys& ks) {
   for (int r = 0; r < 10; ++r) {
     const uint64_t pb = static_cast<uint64_t>(0xCD9E8D57u) * c[2];
     const uint64_t pa = static_cast<uint64_t>(0xD2511F53u) * c[0];
-    const uint32_t n0 = static_cast<uint32_t>(pb >> 32) ^ c[1] ^ k0;
-    const uint32_t n2 = static_cast<uint32_t>(pa >> 32) ^ c[3] ^ k1;
+    const uint32_t n0 = static_cast<uint32_t>(pb >> 32) ^ c[1] ^ ks.k[2 * r];
+    const uint32_t n2 = static_cast<uint32_t>(pa >> 32) ^ c[3] ^ ks.k[2 * r + 1];
     c[1] = static_cast<uint32_t>(pb);
     c[3] = static_cast<uint32_t>(pa);
     c[0] = n0;
     c[2] = n2;
-    k0 += 0x9E3779B9u;
-    k1 += 0xBB67AE85u;
   }
 }
+
+DG_HD void philox4x32_10(uint32_t c[4], uint32_t k0, uint32_t k1) { philox4x32_10(c, round_keys(k0, k1)); }
 
 // Triton's uint_to_uniform_float: [0, 1) from the int32 view of a word.
 DG_HD float uniform(uint32_t w) {
@@ -149,13 +165,15 @@ inline NoiseParams make_noise_params(int64_t mode, double p) {
 }
 
 // The four words of Philox counter q: stream elements 4q .. 4q+3.
-DG_HD void words4(uint64_t q, uint32_t k0, uint32_t k1, uint32_t c[4]) {
+DG_HD void words4(uint64_t q, const RoundKeys& ks, uint32_t c[4]) {
   c[0] = static_cast<uint32_t>(q);
   c[1] = static_cast<uint32_t>(q >> 32);
   c[2] = 0u;
   c[3] = 0u;
-  philox4x32_10(c, k0, k1);
+  philox4x32_10(c, ks);
 }
+
+DG_HD void words4(uint64_t q, uint32_t k0, uint32_t k1, uint32_t c[4]) { words4(q, round_keys(k0, k1), c); }
 
 // Per-element noise, word to value.
 DG_HD float bernoulli(float p, float scale, uint32_t w) { return uniform(w) > p ? scale : 0.0f; }
@@ -195,9 +213,9 @@ DG_HD float log1p_f(float t) {
 
 // The four noise values of Philox counter q (elements 4q .. 4q+3 of the stream): the unit of work
 // of a CUDA thread.
-DG_HD void noise4(const NoiseParams& np, uint64_t q, uint32_t k0, uint32_t k1, float n[4]) {
+DG_HD void noise4(const NoiseParams& np, uint64_t q, const RoundKeys& ks, float n[4]) {
   uint32_t c[4];
-  words4(q, k0, k1, c);
+  words4(q, ks, c);
   if (np.mode == kBernoulli) {
     for (int i = 0; i < 4; ++i) n[i] = bernoulli(np.p, np.scale, c[i]);
   } else {
@@ -213,11 +231,13 @@ DG_HD void noise4(const NoiseParams& np, uint64_t q, uint32_t k0, uint32_t k1, f
 struct Stream {
   NoiseParams np;
   uint32_t k0, k1;
+  RoundKeys keys;  // round_keys(k0, k1)
 };
 
 inline Stream make_stream(double p, int64_t mode, int64_t seed) {
   const uint64_t s = static_cast<uint64_t>(seed);
-  return {make_noise_params(mode, p), static_cast<uint32_t>(s), static_cast<uint32_t>(s >> 32)};
+  const uint32_t k0 = static_cast<uint32_t>(s), k1 = static_cast<uint32_t>(s >> 32);
+  return {make_noise_params(mode, p), k0, k1, round_keys(k0, k1)};
 }
 
 // PyTorch's softplus (beta 1, threshold 20) and its derivative, in the compute type T. The

@@ -4,7 +4,7 @@ with cuobjdump (the one Triton's wheel ships), no GPU needed.
     python -m dropgrad_cuda.cuda_build               the resource table of every kernel and arch
     python -m dropgrad_cuda.cuda_build --sass        the per-element instruction counts of every CUDA
                                                      kernel and of the AOT-compiled Triton kernels,
-                                                     and the predicted bound on A100 and H100
+                                                     and the predicted bound on A100, H100 and H200
     python -m dropgrad_cuda.cuda_build --sass --update-doc    writes that into docs/gpu.md
 """
 import os

@@ -146,7 +146,7 @@ DG_HD void noise_or_ones(const dg::Stream& st, uint64_t q, float n[4]) {
   if (st.np.mode == dg::kNone) {
     for (int k = 0; k < 4; ++k) n[k] = 1.0f;
   } else {
-    dg::noise4(st.np, q, st.k0, st.k1, n);
+    dg::noise4(st.np, q, st.keys, n);
   }
 }
 
@@ -157,6 +157,7 @@ DG_HD dg::Stream resolve(const Rng& rng, int64_t& q0) {
     const uint64_t seed = static_cast<uint64_t>(rng.state[0]);
     st.k0 = static_cast<uint32_t>(seed);
     st.k1 = static_cast<uint32_t>(seed >> 32);
+    st.keys = dg::round_keys(st.k0, st.k1);
     q0 += rng.state[1] / 4;
   }
   return st;
@@ -284,7 +285,7 @@ struct dropgrad_step_kernel {
 template <typename T, typename A>
 DG_HD void meta_z(const dg::Stream& st, uint64_t q, const T a[4], A z[4]) {
   float eps[4] = {0.0f, 0.0f, 0.0f, 0.0f};
-  if (st.np.mode != dg::kNone) dg::noise4(st.np, q, st.k0, st.k1, eps);
+  if (st.np.mode != dg::kNone) dg::noise4(st.np, q, st.keys, eps);
   for (int k = 0; k < 4; ++k) z[k] = st.np.mode != dg::kNone ? to_acc(a[k]) + static_cast<A>(eps[k]) : to_acc(a[k]);
 }
 
