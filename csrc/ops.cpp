@@ -174,7 +174,8 @@ void dg::check_lists(at::TensorList params, at::TensorList grads, at::TensorList
     TORCH_CHECK_VALUE(batch == 0 || (params[k].dim() > 0 && params[k].size(0) == batch), "params", i,
                       " must have the batch of ", batch, " lists along dim 0");
     if (lrs.empty()) continue;
-    const bool one_list = lr_form(lrs[k], params[k], batch) == LrForm::kShared;
+    // Not lr_form's kShared, which a one-element lr of one list's shape never is (a kScalar).
+    const bool one_list = batch > 0 && lrs[k].dim() > 0 && lrs[k].sizes() == params[k].sizes().slice(1);
     check_lr(lrs[k], one_list ? params[k].select(0, 0) : params[k], "lr" + i);
   }
 }

@@ -152,6 +152,21 @@ def test_a_batch_of_lists_refuses_bad_input(ns, call, match):
         call(getattr(torch.ops, ns))
 
 
+@pytest.mark.parametrize("ns", [pytest.param("dropgrad", id="cpu"),
+                                pytest.param("dropgrad_emulated", id="cuda-emulated", marks=needs_emulator),
+                                pytest.param("dropgrad_triton", id="triton-interpreter", marks=pytest.mark.skipif(
+                                    os.environ.get("TRITON_INTERPRET") != "1", reason="needs TRITON_INTERPRET=1"))])
+def test_a_batch_of_lists_takes_a_one_element_lr_of_one_lists_shape(ns):
+    """A one-list lr of one element (a Meta-SGD lr of a one-element bias, shared by the lists) is
+    admitted by the check and read as that scalar."""
+    if ns == "dropgrad_triton":
+        dg.ops._triton_ops()
+    op = getattr(torch.ops, ns).dropgrad_step
+    w, g = torch.randn(2, 1), torch.randn(2, 1)
+    got = op([w], [g], [torch.full((1,), 0.5)], 0.0, 0.1, 2, 1, 0, None, 2)
+    assert torch.equal(got[0], op([w], [g], [], 0.5, 0.1, 2, 1, 0, None, 2)[0])
+
+
 def test_in_place_step_under_a_transform_says_to_use_dropgrad_step():
     from torch.func import grad, vmap
     w = torch.randn(3, 4)
