@@ -106,7 +106,8 @@ BEGIN, END = "<!-- torch.compile tables: python -m benchmarks.compile_sass --upd
 
 
 def report():
-    ours_cuda = sass.cuda_kernels()
+    cuda = sass.cuda_kernels()
+    ours_cuda = {op: sass.fused_float32(cuda, op) for op in COMPILED}
     ours_triton = sass.triton_kernels()
     compiled = {f"sm_{a}": compiled_counts(a) for a in (80, 90)}
     total = lambda c: sum(c.values())  # noqa: E731
@@ -116,9 +117,7 @@ def report():
              "| ours, Triton (its FP32) | Triton / compile |", "| --- | --- | ---: | ---: | ---: | ---: | ---: |"]
     for op in COMPILED:
         for arch in ("sm_80", "sm_90"):
-            c, t = compiled[arch][op], ours_triton[(arch, op)]
-            u = ours_cuda[(arch, f"{op}_kernel<float>")] if (arch, f"{op}_kernel<float>") in ours_cuda \
-                else ours_cuda[(arch, f"{op}_kernel")]
+            c, t, u = compiled[arch][op], ours_triton[(arch, op)], ours_cuda[op][arch]
             lines.append(f"| {op} | {arch} | {total(c):.1f} ({c['fp32']:.1f}) | {total(u):.1f} ({u['fp32']:.1f}) | "
                          f"{total(u) / total(c):.2f} | {total(t):.1f} ({t['fp32']:.1f}) | {total(t) / total(c):.2f} |")
     lines += ["", "Predicted, not measured (dropgrad_cuda/sass.py's model): the bound and the share of the memory "
@@ -130,8 +129,7 @@ def report():
         cells = []
         for gpu, g in sass.GPUS.items():
             a = g["arch"]
-            u = ours_cuda.get((a, f"{op}_kernel<float>")) or ours_cuda[(a, f"{op}_kernel")]
-            for counts in (compiled[a][op], u, ours_triton[(a, op)]):
+            for counts in (compiled[a][op], ours_cuda[op][a], ours_triton[(a, op)]):
                 bound, share = sass.predict(counts, nbytes, gpu)
                 cells.append(f"{bound} {100 * share:.0f}%")
         lines.append(f"| {op} | {nbytes} | " + " | ".join(cells) + " |")

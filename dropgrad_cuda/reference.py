@@ -14,6 +14,8 @@ def noise_mode(mode, p):
     """The mode (a MODES code) a stream runs: "none" when p is 0, but "normal" (raw N(0,1)), which
     takes no p. The one test in Python of whether an op draws noise (C++'s: dg::noise_mode)."""
     return MODES["none"] if p == 0 and mode != MODES["normal"] else mode
+
+
 _M32 = 0xFFFFFFFF
 
 

@@ -179,6 +179,11 @@ def cuda_kernels(library=None):
     return out
 
 
+def fused_float32(cuda, op):
+    """{arch: counts} of op's float32 CUDA kernel among cuda_kernels() (noise's is not a template)."""
+    return {a: c for (a, k), c in cuda.items() if k in (f"{op}_kernel<float>", f"{op}_kernel")}
+
+
 def triton_counts(fn, sig, constexprs, arch, num_warps, per_thread, fp_fusion=False):
     """Per-element class counts of a Triton kernel compiled for sm_<arch> as launched on aligned
     tensors (triton_kernels/aot.py), its whole program over the `per_thread` elements a thread
@@ -225,8 +230,7 @@ def report():
                                                           for gpu in GPUS) + " |",
               "| --- | --- | ---: | " + " | ".join("--- | ---:" for _ in GPUS) + " |"]
     for op, moved in ELEMENTS_MOVED.items():
-        for backend, counts in (("CUDA", {a: c for (a, k), c in cuda.items() if k in (f"{op}_kernel<float>",
-                                                                                     f"{op}_kernel")}),
+        for backend, counts in (("CUDA", fused_float32(cuda, op)),
                                 ("Triton", {a: c for (a, o), c in triton.items() if o == op})):
             cells = []
             for gpu, g in GPUS.items():
