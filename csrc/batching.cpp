@@ -14,7 +14,9 @@
 // Private API: at::functorch's DynamicLayer and BatchedTensorImpl, as PyTorch's own C++ batching
 // rules use them (unchanged torch 2.11 to 2.15); torch.library.register_vmap is the public way,
 // and its Python pytree passes are the cost this file removes.
-#include <ATen/ATen.h>
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/constant_pad_nd.h>
+#include <ATen/ops/stack.h>
 #include <ATen/functorch/BatchedTensorImpl.h>
 #include <ATen/functorch/DynamicLayer.h>
 #include <ATen/core/stack.h>

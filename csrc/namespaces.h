@@ -2,7 +2,7 @@
 // beside its kernels (autograd, csrc/autograd.cpp; batching rules, csrc/batching.cpp), and how C++
 // calls an op of a namespace through the dispatcher.
 #pragma once
-#include <ATen/ATen.h>
+#include <ATen/core/Tensor.h>
 #include <ATen/core/dispatch/Dispatcher.h>
 #include <torch/library.h>
 

@@ -1,6 +1,8 @@
 // The schemas of the kernel ops (csrc/ops.cpp), shared by every namespace that registers them.
 #pragma once
-#include <ATen/ATen.h>
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/empty.h>
+#include <ATen/ops/empty_like.h>
 #include <torch/library.h>
 
 #include <cstdint>

@@ -1,6 +1,7 @@
 // CPU kernels of the dropgrad:: ops. The noise of a stream is produced in blocks of kBlock
 // elements into a stack buffer (so it never touches memory) and consumed by the element loop.
-#include <ATen/ATen.h>
+#include <ATen/Dispatch.h>
+#include <ATen/core/Tensor.h>
 #include <ATen/OpMathType.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>

@@ -1,7 +1,7 @@
 // The dropgrad:: ops' CUDA dispatch: the host code of host_ops.h on CUDA tensors and streams, and
 // the generator state op. Of the CUDA headers, only ATen's generator and c10/cuda's: ATen/cuda/
 // CUDAContext.h pulls in cusparse.h, which the system toolkit here lacks.
-#include <ATen/ATen.h>
+#include <ATen/core/Tensor.h>
 #include <ATen/cuda/CUDAGeneratorImpl.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>

@@ -3,7 +3,8 @@
 // policy D, so the GPU build (dropgrad_cuda_ops.cpp) and the CPU emulator (csrc/emulated) run the
 // same host code; D gives the device type, a device guard and the launcher.
 #pragma once
-#include <ATen/ATen.h>
+#include <ATen/Dispatch.h>
+#include <ATen/core/Tensor.h>
 #include <torch/library.h>
 
 #include <tuple>
