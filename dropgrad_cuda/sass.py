@@ -200,14 +200,16 @@ def triton_counts(fn, sig, constexprs, arch, num_warps, per_thread, fp_fusion=Fa
     return _per_element(path_counts(ins, loop=False), per_thread)
 
 
-def triton_kernels():
+def triton_kernels(fp_fusion=False):
     """{(arch, op): per-element class counts} of our Triton kernels, each fused op's predicted
-    configuration (triton_kernels/configs.py, predicted())."""
+    configuration (triton_kernels/configs.py, predicted()). They launch without FP fusion (the
+    contract rounds every product); with `fp_fusion` the counts are those of the same kernels with
+    every contractible multiply-add fused, what a contract with FMAs would cost."""
     from .triton_kernels import configs as triton_configs, kernels as K
 
     configs = {name: c for name, *c in triton_configs.configurations()}
     per_thread = K.ROWS * 4 / (32 * K.NUM_WARPS)
-    return {(f"sm_{arch}", op): triton_counts(*configs[name], arch, K.NUM_WARPS, per_thread)
+    return {(f"sm_{arch}", op): triton_counts(*configs[name], arch, K.NUM_WARPS, per_thread, fp_fusion)
             for arch in (80, 90) for op, name in triton_configs.predicted().items()}
 
 
