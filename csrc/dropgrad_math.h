@@ -27,8 +27,8 @@ template <typename Int>
 DG_HD Int span(Int numel) { return (numel + 3) / 4 * 4; }
 
 // Philox's round keys: round r's key is the seed's (k0, k1) plus r times the Weyl constants. They
-// depend only on the seed, so a CUDA kernel takes them ready-made with its stream (Stream::keys)
-// instead of adding them again for every counter (20 integer adds a counter).
+// depend only on the seed, so every kernel takes them ready-made with its stream (Stream::keys): a
+// CUDA thread would otherwise add them again for every counter (20 integer adds a counter).
 struct RoundKeys {
   uint32_t k[20];
 };
@@ -173,7 +173,6 @@ DG_HD void words4(uint64_t q, const RoundKeys& ks, uint32_t c[4]) {
   philox4x32_10(c, ks);
 }
 
-DG_HD void words4(uint64_t q, uint32_t k0, uint32_t k1, uint32_t c[4]) { words4(q, round_keys(k0, k1), c); }
 
 // Per-element noise, word to value.
 DG_HD float bernoulli(float p, float scale, uint32_t w) { return uniform(w) > p ? scale : 0.0f; }
@@ -227,17 +226,19 @@ DG_HD void noise4(const NoiseParams& np, uint64_t q, const RoundKeys& ks, float 
   }
 }
 
-// A stream's constants and Philox key, as the host passes them to a kernel.
+// A stream's constants and Philox round keys, as the host passes them to a kernel.
 struct Stream {
   NoiseParams np;
-  uint32_t k0, k1;
-  RoundKeys keys;  // round_keys(k0, k1)
+  RoundKeys keys;
 };
 
+// The round keys of a seed: its low and high words are the Philox key (k0, k1).
+DG_HD RoundKeys seed_keys(uint64_t seed) {
+  return round_keys(static_cast<uint32_t>(seed), static_cast<uint32_t>(seed >> 32));
+}
+
 inline Stream make_stream(double p, int64_t mode, int64_t seed) {
-  const uint64_t s = static_cast<uint64_t>(seed);
-  const uint32_t k0 = static_cast<uint32_t>(s), k1 = static_cast<uint32_t>(s >> 32);
-  return {make_noise_params(mode, p), k0, k1, round_keys(k0, k1)};
+  return {make_noise_params(mode, p), seed_keys(static_cast<uint64_t>(seed))};
 }
 
 // PyTorch's softplus (beta 1, threshold 20) and its derivative, in the compute type T. The

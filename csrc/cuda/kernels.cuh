@@ -155,9 +155,7 @@ DG_HD dg::Stream resolve(const Rng& rng, int64_t& q0) {
   dg::Stream st = rng.st;
   if (rng.state) {
     const uint64_t seed = static_cast<uint64_t>(rng.state[0]);
-    st.k0 = static_cast<uint32_t>(seed);
-    st.k1 = static_cast<uint32_t>(seed >> 32);
-    st.keys = dg::round_keys(st.k0, st.k1);
+    st.keys = dg::seed_keys(seed);
     q0 += rng.state[1] / 4;
   }
   return st;
