@@ -5,10 +5,12 @@ The method (docs/gpu.md, "Compute bound from the SASS"):
 - SASS from `cuobjdump -sass` of the built library (CUDA kernels) and of the cubins that Triton's
   ahead-of-time compile produces (triton_kernels/aot.py) for the float32 noisy configurations.
 - The steady state of a CUDA kernel is its grid-stride loop (the backward branch whose body
-  stores to global memory); one iteration handles one Philox counter, four elements. A Triton
+  stores to global memory); one iteration handles one Philox counter, four elements. A kernel
+  has one such loop for aligned pointers and one for others; the aligned one is counted (the
+  loop whose path stores its bytes in the fewest memory instructions). A Triton
   program has no loop: its path from entry to exit handles ROWS * 4 / (32 * NUM_WARPS) elements
   a thread.
-- Within that body, branches are uniform choices (noise mode, vector or scalar access, tails);
+- Within that body, branches are uniform choices (noise mode, weight decay, the lr form);
   the path counted is the one with the fewest memory instructions and, among those, the most
   arithmetic: 16-byte vector accesses with the noisy mode's arithmetic (and the optional weight
   decay), the steady state of a large aligned tensor. Inner backward branches and called slow paths (CALL) count once. The
@@ -89,17 +91,26 @@ def _target(operands):
 
 def path_counts(ins, loop=True):
     """Per-class counts along the counted path (module docstring) of one function: its grid-stride
-    loop body when `loop`, else entry to exit; None if a loop is asked for and there is none."""
+    loop body when `loop`, else entry to exit; None if a loop is asked for and there is none. A
+    kernel with a loop per access path (aligned or not) is counted on the loop whose path moves its
+    bytes in the fewest memory instructions, then with the most arithmetic."""
     addr = [a for a, *_ in ins]
     index = {a: i for i, a in enumerate(addr)}
-    lo, hi = 0, len(ins) - 1
-    if loop:
-        loops = [(index[_target(o)], i) for i, (a, _, op, o) in enumerate(ins)
-                 if op.startswith("BRA") and _target(o) is not None and _target(o) < a and _target(o) in index]
-        loops = [(h, e) for h, e in loops if any(op.startswith("STG") for _, _, op, _ in ins[h:e])]
-        if not loops:
-            return None
-        lo, hi = max(loops, key=lambda l: l[1] - l[0])
+    if not loop:
+        return _best_path(ins, index, 0, len(ins) - 1, loop)
+    loops = [(index[_target(o)], i) for i, (a, _, op, o) in enumerate(ins)
+             if op.startswith("BRA") and _target(o) is not None and _target(o) < a and _target(o) in index]
+    paths = [_best_path(ins, index, h, e, loop) for h, e in loops
+             if any(op.startswith("STG") for _, _, op, _ in ins[h:e])]
+    paths = [c for c in paths if c and c[STORE_BYTES]]
+    if not paths:
+        return None
+    return min(paths, key=lambda c: (c["memory"] / c[STORE_BYTES],
+                                     -sum(c[k] for k in ARITHMETIC) / c[STORE_BYTES]))
+
+
+def _best_path(ins, index, lo, hi, loop):
+    """path_counts' path through instructions lo..hi (a loop body when `loop`)."""
     # best[i]: (-memory, arithmetic, counts) of the best path from lo reaching instruction i.
     best = {lo: (0, 0, Counter())}
     end = None

@@ -121,25 +121,48 @@ DG_HD void store_group(T* p, const Group<T>& g) {
 #endif
 }
 
-template <typename T>
-DG_HD void load4(const T* p, int64_t i, int64_t n, bool vec, T out[4]) {
-  if (vec && i + 3 < n) {
-    const Group<T> g = load_group(p + i);
-    for (int k = 0; k < 4; ++k) out[k] = g.v[k];
-  } else {
-    for (int k = 0; k < 4; ++k) out[k] = i + k < n ? p[i + k] : T{};  // T{}: the half types have no T(0) here
+// The four elements i .. i + 3 of one Philox counter in tensors of n elements. Whole: all four are
+// in range (every counter but a tensor's partial last one), so no access checks a bound; Vec: and
+// every pointer is aligned to a group, so each access is one vector access.
+template <bool Whole, bool Vec>
+struct Quad {
+  int64_t i, n;
+  template <typename T>
+  DG_HD void load(const T* p, T out[4]) const {
+    if (Whole && Vec) {
+      const Group<T> g = load_group(p + i);
+      for (int k = 0; k < 4; ++k) out[k] = g.v[k];
+    } else {
+      for (int k = 0; k < 4; ++k) out[k] = Whole || i + k < n ? p[i + k] : T{};  // T{}: the half types have no T(0)
+    }
   }
-}
+  template <typename T>
+  DG_HD void store(T* p, const T in[4]) const {
+    if (Whole && Vec) {
+      Group<T> g;
+      for (int k = 0; k < 4; ++k) g.v[k] = in[k];
+      store_group(p + i, g);
+    } else {
+      for (int k = 0; k < 4; ++k) if (Whole || i + k < n) p[i + k] = in[k];
+    }
+  }
+};
 
-template <typename T>
-DG_HD void store4(T* p, int64_t i, int64_t n, bool vec, const T in[4]) {
-  if (vec && i + 3 < n) {
-    Group<T> g;
-    for (int k = 0; k < 4; ++k) g.v[k] = in[k];
-    store_group(p + i, g);
+// f(j, quad) for the counters j = c0, c0 + step, ... below c1 of a tensor of n elements: the whole
+// ones in a loop of its own for aligned (vec) and other pointers, whose accesses test no bound and
+// choose no path (nvcc predicates both paths of such a choice, and a GPU issues both: 3-6
+// instructions an element), then the tensor's partial last counter, if it is in [c0, c1), by the
+// thread whose stride lands on it.
+template <typename F>
+DG_HD void for_counters(int64_t n, bool vec, int64_t c0, int64_t c1, int64_t step, const F& f) {
+  const int64_t whole = n / 4 < c1 ? n / 4 : c1;
+  int64_t j = c0;
+  if (vec) {
+    for (; j < whole; j += step) f(j, Quad<true, true>{4 * j, n});
   } else {
-    for (int k = 0; k < 4; ++k) if (i + k < n) p[i + k] = in[k];
+    for (; j < whole; j += step) f(j, Quad<true, false>{4 * j, n});
   }
+  if (j == whole && whole < c1) f(j, Quad<false, false>{4 * j, n});
 }
 
 DG_HD void noise_or_ones(const dg::Stream& st, uint64_t q, float n[4]) {
@@ -167,12 +190,12 @@ DG_HD int64_t counters(int64_t n) { return (n + 3) / 4; }
 DG_HD int64_t first(const Idx& t) { return t.block * t.threads + t.thread; }
 DG_HD int64_t stride(const Idx& t) { return t.blocks * t.threads; }
 
-// body(stream, counter, first element) for each counter of [0, ceil(n / 4)) this thread owns in a
+// body(stream, Philox counter, quad) for each counter of [0, ceil(n / 4)) this thread owns in a
 // grid-stride loop, on the stream of `rng` (see resolve).
 template <typename F>
-DG_HD void for_each_counter(const Idx& t, int64_t n, const Rng& rng, int64_t q0, const F& body) {
+DG_HD void for_each_counter(const Idx& t, int64_t n, bool vec, const Rng& rng, int64_t q0, const F& body) {
   const dg::Stream st = resolve(rng, q0);
-  for (int64_t j = first(t); j < counters(n); j += stride(t)) body(st, q0 + j, 4 * j);
+  for_counters(n, vec, first(t), counters(n), stride(t), [&](int64_t j, const auto& e) { body(st, q0 + j, e); });
 }
 
 struct noise_kernel {
@@ -182,10 +205,10 @@ struct noise_kernel {
   int64_t q0;
   DG_HD void operator()(const Idx& t) const {
     const bool vec = aligned(out, 16);
-    for_each_counter(t, n, rng, q0, [&](const dg::Stream& st, int64_t q, int64_t i) {
+    for_each_counter(t, n, vec, rng, q0, [&](const dg::Stream& st, int64_t q, const auto& e) {
       float z[4];
       noise_or_ones(st, q, z);
-      store4(out, i, n, vec, z);
+      e.store(out, z);
     });
   }
 };
@@ -200,13 +223,13 @@ struct drop_grad_kernel {
   DG_HD void operator()(const Idx& t) const {
     using A = typename Acc<T>::type;
     const bool vec = aligned(grad, 4 * sizeof(T)) && aligned(out, 4 * sizeof(T));
-    for_each_counter(t, n, rng, q0, [&](const dg::Stream& st, int64_t q, int64_t i) {
+    for_each_counter(t, n, vec, rng, q0, [&](const dg::Stream& st, int64_t q, const auto& e) {
       float z[4];
       T g[4], o[4];
       noise_or_ones(st, q, z);
-      load4(grad, i, n, vec, g);
+      e.load(grad, g);
       for (int k = 0; k < 4; ++k) o[k] = from_acc<T, A>(to_acc(g[k]) * static_cast<A>(z[k]));
-      store4(out, i, n, vec, o);
+      e.store(out, o);
     });
   }
 };
@@ -222,20 +245,20 @@ DG_HD void update_counters(const T* param, const T* grad, const LearningRate& lr
   const A lr_s = lr.lr_ptr ? *static_cast<const A*>(lr.lr_ptr) : static_cast<A>(lr.lr_value);
   const size_t b = 4 * sizeof(T);
   const bool vec = aligned(param, b) && aligned(grad, b) && aligned(out, b) && (!lr_vec || aligned(lr_vec, b));
-  for (int64_t j = c0; j < c1; j += step) {
+  for_counters(n, vec, c0, c1, step, [&](int64_t j, const auto& e) {
     float z[4];
     T w[4], g[4], l[4], o[4];
     noise_or_ones(st, q0 + j, z);
-    load4(param, 4 * j, n, vec, w);
-    load4(grad, 4 * j, n, vec, g);
-    if (lr_vec) load4(lr_vec, 4 * j, n, vec, l);
+    e.load(param, w);
+    e.load(grad, g);
+    if (lr_vec) e.load(lr_vec, l);
     for (int k = 0; k < 4; ++k) {
       const A d = wd != A(0) ? to_acc(g[k]) + wd * to_acc(w[k]) : to_acc(g[k]);
       const A gn = st.np.mode == dg::kNone ? d : d * static_cast<A>(z[k]);
       o[k] = from_acc<T, A>(to_acc(w[k]) - (lr_vec ? to_acc(l[k]) : lr_s) * gn);
     }
-    store4(out, 4 * j, n, vec, o);
-  }
+    e.store(out, o);
+  });
 }
 
 template <typename T>
@@ -299,14 +322,14 @@ struct meta_dropout_kernel {
     using A = typename Acc<T>::type;
     const size_t b = 4 * sizeof(T);
     const bool vec = aligned(f, b) && aligned(a, b) && aligned(out, b);
-    for_each_counter(t, n, rng, q0, [&](const dg::Stream& st, int64_t q, int64_t i) {
+    for_each_counter(t, n, vec, rng, q0, [&](const dg::Stream& st, int64_t q, const auto& e) {
       T fv[4], av[4], o[4];
       A z[4];
-      load4(f, i, n, vec, fv);
-      load4(a, i, n, vec, av);
+      e.load(f, fv);
+      e.load(a, av);
       meta_z(st, q, av, z);
       for (int k = 0; k < 4; ++k) o[k] = from_acc<T, A>(to_acc(fv[k]) * dg::softplus(z[k]));
-      store4(out, i, n, vec, o);
+      e.store(out, o);
     });
   }
 };
@@ -325,19 +348,19 @@ struct meta_dropout_backward_kernel {
     using A = typename Acc<T>::type;
     const size_t b = 4 * sizeof(T);
     const bool vec = aligned(gout, b) && aligned(f, b) && aligned(a, b) && aligned(gf, b) && aligned(ga, b);
-    for_each_counter(t, n, rng, q0, [&](const dg::Stream& st, int64_t q, int64_t i) {
+    for_each_counter(t, n, vec, rng, q0, [&](const dg::Stream& st, int64_t q, const auto& e) {
       T gv[4], fv[4], av[4], o1[4], o2[4];
       A z[4];
-      load4(gout, i, n, vec, gv);
-      load4(f, i, n, vec, fv);
-      load4(a, i, n, vec, av);
+      e.load(gout, gv);
+      e.load(f, fv);
+      e.load(a, av);
       meta_z(st, q, av, z);
       for (int k = 0; k < 4; ++k) {
         o1[k] = from_acc<T, A>(to_acc(gv[k]) * dg::softplus(z[k]));
         o2[k] = from_acc<T, A>((to_acc(gv[k]) * to_acc(fv[k])) * dg::softplus_grad(z[k]));
       }
-      store4(gf, i, n, vec, o1);
-      store4(ga, i, n, vec, o2);
+      e.store(gf, o1);
+      e.store(ga, o2);
     });
   }
 };
@@ -360,14 +383,14 @@ struct meta_dropout_double_backward_kernel {
     const size_t b = 4 * sizeof(T);
     const bool vec = aligned(ggf, b) && aligned(gga, b) && aligned(gout, b) && aligned(f, b) && aligned(a, b) &&
                      aligned(d_gout, b) && aligned(d_f, b) && aligned(d_a, b);
-    for_each_counter(t, n, rng, q0, [&](const dg::Stream& st, int64_t q, int64_t i) {
+    for_each_counter(t, n, vec, rng, q0, [&](const dg::Stream& st, int64_t q, const auto& e) {
       T v0[4], v1[4], v2[4], fv[4], av[4], o0[4], o1[4], o2[4];
       A z[4];
-      load4(ggf, i, n, vec, v0);
-      load4(gga, i, n, vec, v1);
-      load4(gout, i, n, vec, v2);
-      load4(f, i, n, vec, fv);
-      load4(a, i, n, vec, av);
+      e.load(ggf, v0);
+      e.load(gga, v1);
+      e.load(gout, v2);
+      e.load(f, fv);
+      e.load(a, av);
       meta_z(st, q, av, z);
       for (int k = 0; k < 4; ++k) {
         A r0, r1, r2;
@@ -378,9 +401,9 @@ struct meta_dropout_double_backward_kernel {
         o1[k] = from_acc<T, A>(r1);
         o2[k] = from_acc<T, A>(r2);
       }
-      store4(d_gout, i, n, vec, o0);
-      store4(d_f, i, n, vec, o1);
-      store4(d_a, i, n, vec, o2);
+      e.store(d_gout, o0);
+      e.store(d_f, o1);
+      e.store(d_a, o2);
     });
   }
 };
