@@ -121,48 +121,46 @@ DG_HD void store_group(T* p, const Group<T>& g) {
 #endif
 }
 
-// The four elements i .. i + 3 of one Philox counter in tensors of n elements. Whole: all four are
-// in range (every counter but a tensor's partial last one), so no access checks a bound; Vec: and
-// every pointer is aligned to a group, so each access is one vector access.
-template <bool Whole, bool Vec>
+// The four elements i .. i + 3 of one Philox counter in tensors of n elements. Vec: all four are
+// in range and every pointer is aligned to a group, so each access is one vector access that tests
+// no bound; else each element is tested against n.
+template <bool Vec>
 struct Quad {
   int64_t i, n;
   template <typename T>
   DG_HD void load(const T* p, T out[4]) const {
-    if (Whole && Vec) {
+    if (Vec) {
       const Group<T> g = load_group(p + i);
       for (int k = 0; k < 4; ++k) out[k] = g.v[k];
     } else {
-      for (int k = 0; k < 4; ++k) out[k] = Whole || i + k < n ? p[i + k] : T{};  // T{}: the half types have no T(0)
+      for (int k = 0; k < 4; ++k) out[k] = i + k < n ? p[i + k] : T{};  // T{}: the half types have no T(0) here
     }
   }
   template <typename T>
   DG_HD void store(T* p, const T in[4]) const {
-    if (Whole && Vec) {
+    if (Vec) {
       Group<T> g;
       for (int k = 0; k < 4; ++k) g.v[k] = in[k];
       store_group(p + i, g);
     } else {
-      for (int k = 0; k < 4; ++k) if (Whole || i + k < n) p[i + k] = in[k];
+      for (int k = 0; k < 4; ++k) if (i + k < n) p[i + k] = in[k];
     }
   }
 };
 
-// f(j, quad) for the counters j = c0, c0 + step, ... below c1 of a tensor of n elements: the whole
-// ones in a loop of its own for aligned (vec) and other pointers, whose accesses test no bound and
-// choose no path (nvcc predicates both paths of such a choice, and a GPU issues both: 3-6
-// instructions an element), then the tensor's partial last counter, if it is in [c0, c1), by the
-// thread whose stride lands on it.
+// f(j, quad) for the counters j = c0, c0 + step, ... below c1 of a tensor of n elements. With
+// aligned pointers (vec), the counters whose four elements are all in range run in a loop of their
+// own, of vector accesses that test no bound and choose no path (nvcc predicated both paths of a
+// per-access choice, and a GPU issues both: 3-7 instructions an element); the rest (the tensor's
+// partial last counter, or every counter of misaligned views) in the checked loop.
 template <typename F>
 DG_HD void for_counters(int64_t n, bool vec, int64_t c0, int64_t c1, int64_t step, const F& f) {
-  const int64_t whole = n / 4 < c1 ? n / 4 : c1;
   int64_t j = c0;
   if (vec) {
-    for (; j < whole; j += step) f(j, Quad<true, true>{4 * j, n});
-  } else {
-    for (; j < whole; j += step) f(j, Quad<true, false>{4 * j, n});
+    const int64_t whole = n / 4 < c1 ? n / 4 : c1;
+    for (; j < whole; j += step) f(j, Quad<true>{4 * j, n});
   }
-  if (j == whole && whole < c1) f(j, Quad<false, false>{4 * j, n});
+  for (; j < c1; j += step) f(j, Quad<false>{4 * j, n});
 }
 
 DG_HD void noise_or_ones(const dg::Stream& st, uint64_t q, float n[4]) {
