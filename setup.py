@@ -51,8 +51,27 @@ def cuda_headers():
     return include if os.path.exists(os.path.join(include, "cuda_fp16.h")) else None
 
 
+def one_unit(name, sources):
+    """A translation unit, written under build/, that includes `sources`: the torch headers they
+    share (most of each one's compile time) are parsed once, not once a file (-20 s of the build here)."""
+    root = os.path.dirname(os.path.abspath(__file__))
+    path = os.path.join(root, "build", "units", name)
+    text = "".join(f'#include "{os.path.join(root, s)}"\n' for s in sources)
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    if not os.path.exists(path) or open(path).read() != text:  # rewritten only if changed, for ninja
+        with open(path, "w") as fh:
+            fh.write(text)
+    return os.path.relpath(path, root)
+
+
 def extension():
-    sources = ["csrc/ops.cpp", "csrc/autograd.cpp", "csrc/batching.cpp"] + sorted(glob.glob("csrc/cpu/*.cpp"))
+    with_cuda, why = cuda_available_for_build()
+    cuda_sources = sorted(glob.glob("csrc/cuda/*.cu")) if with_cuda else []
+    # The op schemas, the batching rules and the CUDA ops' host side: one unit (their names do not
+    # clash). autograd.cpp (the only one that needs all of ATen.h) and the CPU kernels stay apart,
+    # so the two compile jobs run in parallel with it.
+    glue = ["csrc/ops.cpp", "csrc/batching.cpp"] + (sorted(glob.glob("csrc/cuda/*.cpp")) if with_cuda else [])
+    sources = [one_unit("glue.cpp", glue), "csrc/autograd.cpp"] + sorted(glob.glob("csrc/cpu/*.cpp"))
     include = cuda_headers()
     # The GPU check's quick build (scripts/gpu_check.sh --quick), for a lease of minutes: only what
     # its GPU tests and report run. No CUDA emulator (the CPU suite's backend) and the host C++ at
@@ -66,9 +85,7 @@ def extension():
         sources += sorted(glob.glob("csrc/emulated/*.cpp"))
     else:
         print("dropgrad_cuda: no CUDA headers (cuda_fp16.h) found, so no cuda-emulated backend")
-    cuda_sources = sorted(glob.glob("csrc/cuda/*.cu")) + sorted(glob.glob("csrc/cuda/*.cpp"))
-    with_cuda, why = cuda_available_for_build()
-    if with_cuda and cuda_sources:
+    if with_cuda:
         os.environ.setdefault("TORCH_CUDA_ARCH_LIST", "8.0;9.0")
         return cpp_extension.CUDAExtension(
             "dropgrad_cuda._C",
@@ -80,8 +97,7 @@ def extension():
             },
             extra_link_args=["-fopenmp"],
         )
-    if cuda_sources:
-        print(f"dropgrad_cuda: building the CPU kernels only ({why})")
+    print(f"dropgrad_cuda: building the CPU kernels only ({why})")
     return cpp_extension.CppExtension(
         "dropgrad_cuda._C", sources, include_dirs=[include] if include else [], extra_compile_args={"cxx": cxx_flags},
         extra_link_args=["-fopenmp"]
