@@ -108,7 +108,7 @@ if [ "$QUICK" = 1 ]; then
   TEST_ARGS=(-m gpu) B_BUILD=100 B_TESTS=200 B_REPORT=180 REPORT_ARGS=(--quick)
   # Only what a GPU run uses: the CUDA kernels for the GPU present (a dry run: the Hopper chips
   # these leases lend), no CUDA emulator (the CPU suite's backend; -m gpu selects none of its
-  # rows), host C++ at -O1 (setup.py, DROPGRAD_QUICK_BUILD). A fresh clone's dry run built in 53 s
+  # rows), host C++ at -O1 (setup.py, DROPGRAD_QUICK_BUILD). A fresh clone's dry run built in 51 s
   # at MAX_JOBS=2 on a 2-core AMD EPYC (AVX2), the slowest machine met, in the torch 2.11 look-alike.
   [ -n "${TORCH_CUDA_ARCH_LIST:-}" ] || TORCH_CUDA_ARCH_LIST=$("$PY" -c \
     "import torch; print('%d.%d' % torch.cuda.get_device_capability() if torch.cuda.is_available() else '9.0')")
