@@ -53,12 +53,17 @@ def cuda_headers():
 
 def one_unit(name, sources):
     """A translation unit, written under build/, that includes `sources`: the torch headers they
-    share (most of each one's compile time) are parsed once, not once a file (-20 s of the build here)."""
+    share (most of each one's compile time) are parsed once, not once a file (ops.cpp, batching.cpp
+    and dropgrad_cuda_ops.cpp at -O1 here: 38.5 s apart, 20.6 s as one unit)."""
     root = os.path.dirname(os.path.abspath(__file__))
     path = os.path.join(root, "build", "units", name)
     text = "".join(f'#include "{os.path.join(root, s)}"\n' for s in sources)
     os.makedirs(os.path.dirname(path), exist_ok=True)
-    if not os.path.exists(path) or open(path).read() != text:  # rewritten only if changed, for ninja
+    old = None
+    if os.path.exists(path):
+        with open(path) as fh:
+            old = fh.read()
+    if old != text:  # rewritten only when it changes, so ninja does not rebuild it for nothing
         with open(path, "w") as fh:
             fh.write(text)
     return os.path.relpath(path, root)

@@ -173,7 +173,6 @@ DG_HD void words4(uint64_t q, const RoundKeys& ks, uint32_t c[4]) {
   philox4x32_10(c, ks);
 }
 
-
 // Per-element noise, word to value.
 DG_HD float bernoulli(float p, float scale, uint32_t w) { return uniform(w) > p ? scale : 0.0f; }
 
