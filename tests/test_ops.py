@@ -127,6 +127,53 @@ def test_dropgrad_step_in_place(backend, mode, weight_decay, lr_form):
             assert torch.equal(w, new[i])
 
 
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_dropgrad_step_on_views_at_every_alignment(backend, dtype):
+    """Params, grads and full lrs that start 0-3 elements into their buffers, 4097 elements (whole
+    tiles and a partial one): the kernels' vector paths take the aligned ones, element paths the rest."""
+    name, device = backend
+
+    def view(seed, start):
+        return make((4097 + start,), dtype, device, seed)[start:]
+
+    ws, gs, lrs = ([view(10 * k + i, i) for i in range(4)] for k in range(3))
+    lrs = [l.abs() for l in lrs]
+    out = dg.dropgrad_step(ws, gs, lrs, 0.15, "gaussian", seed=9, offset=4, backend=name)
+    for o, w, g, l, off in zip(out, ws, gs, lrs, R.stream_offsets([4097] * 4, 4)):
+        want = R.dropgrad_update(w.cpu(), g.cpu(), l.cpu(), 0.15, "gaussian", seed=9, offset=off)
+        assert_matches(o, want, backend)
+    dg.dropgrad_step_(ws, gs, lrs, 0.15, "gaussian", seed=9, offset=4, backend=name)
+    for w, o in zip(ws, out):
+        assert torch.equal(w, o)
+
+
+@pytest.mark.skipif(os.environ.get("TRITON_INTERPRET") != "1", reason="needs TRITON_INTERPRET=1")
+def test_triton_step_table_marks_the_aligned_rows(monkeypatch):
+    """The Triton step kernel reads pointers from its table, where the launcher cannot see their
+    alignment: the host's `aligned` column is what lets the kernel use 16-byte vectors, so it must
+    be 1 only where every pointer of the row is 16-byte aligned."""
+    from dropgrad_cuda.triton_kernels import kernels as K, ops as triton_ops
+
+    tables = []
+    launch = triton_ops._launch
+
+    def spy(kernel, grid, *args, **meta):
+        if kernel is K.step_kernel:
+            tables.append(args[0].clone())
+        launch(kernel, grid, *args, **meta)
+
+    monkeypatch.setattr(triton_ops, "_launch", spy)
+    base, grads = torch.randn(3 * 4104), [torch.randn(4097), torch.randn(4097)]
+    # A param 4 bytes past a 16-byte boundary; then aligned params with a full lr that is not.
+    dg.dropgrad_step([base[:4097], base[4104 + 1:4104 + 4098]], grads, 0.1, 0.15, seed=1, backend="triton")
+    dg.dropgrad_step([base[:4097], base[4104:8201]], grads, [torch.ones(4097), torch.ones(4098)[1:]], 0.15, seed=1,
+                     backend="triton")
+    aligned = K.TABLE_COLUMNS.index("aligned")
+    assert [t[:, aligned].tolist() for t in tables] == [[1, 0], [1, 0]]
+    assert tables[0][1, K.TABLE_COLUMNS.index("param")] % 16 == 4
+    assert tables[1][1, K.TABLE_COLUMNS.index("lr")] % 16 == 4
+
+
 @pytest.mark.parametrize("which", ["kernel", "reference"])
 def test_dropgrad_step_in_place_refuses_overlapping_params(backend, which):
     """A tensor listed twice, overlapping views and an expanded view are refused on every backend,

@@ -5,8 +5,12 @@ ROWS = 256 (1024 elements, 4 warps: 8 elements a thread): 1024-element tiles giv
 flight per program. Predicted from the compiled SASS (docs/gpu.md, not measured), the updates are
 memory-bound on A100 and H100 and drop_grad and meta_dropout's forward are bound by instruction
 issue (80-190 instructions an element), so the tile size does not decide their speed.
-Seed, counter base, sizes and the scalars are runtime arguments, never specialized on, so a new
-seed or offset does not recompile.
+Seed, counter base and the scalars are runtime arguments, never specialized on, so a new seed or
+offset does not recompile. The element count `n` is specialized on as Triton does by default (a
+multiple of 16 or not: at most two compiles a configuration): with `n` a multiple of 16 the mask
+`idx < n` is uniform over each counter's four elements, so the accesses on aligned tensors are
+16-byte vectors; with any `n` they are single elements, each with its own predicate (sm_90,
+counted: 5-14 more instructions an element, drop_grad 82 against 75).
 """
 import triton
 import triton.language as tl
@@ -16,7 +20,7 @@ from ._math import cast_out, noise_tile, softplus, softplus_grad, softplus_grad2
 ROWS = 256
 ROWS_C = tl.constexpr(ROWS)
 NUM_WARPS = 4
-RUNTIME = ["n", "seed", "q0", "p", "scale", "sigma"]
+RUNTIME = ["seed", "q0", "p", "scale", "sigma"]
 
 # What an elementwise kernel writes (its KIND): the noise itself, grad * n, or param - lr * (grad * n).
 # The host passes the ints; a kernel compares with their constexpr twins, as ROWS_C (a jitted
@@ -71,8 +75,59 @@ def elementwise_kernel(out_ptr, grad_ptr, param_ptr, lr_ptr, state_ptr, n, seed,
 
 
 # One row of the step kernel's table per tensor: pointers as int64 and the tensor's layout.
-TABLE_COLUMNS = ("param", "grad", "out", "lr", "numel", "q0", "first_block", "lr_is_full")
-PARAM, GRAD, OUT, LR, NUMEL, Q0, FIRST_BLOCK, LR_IS_FULL, TABLE_COLS = (tl.constexpr(i) for i in range(9))
+# aligned: all of the row's pointers (param, grad, out, and a full lr) are 16-byte aligned.
+TABLE_COLUMNS = ("param", "grad", "out", "lr", "numel", "q0", "first_block", "lr_is_full", "aligned")
+PARAM, GRAD, OUT, LR, NUMEL, Q0, FIRST_BLOCK, LR_IS_FULL, ALIGNED, TABLE_COLS = (tl.constexpr(i) for i in range(10))
+
+
+@triton.jit
+def _row_ptr(row, col, DTYPE: tl.constexpr, ALIGNED: tl.constexpr):
+    """Column `col` of a table row as a pointer; ALIGNED tells the compiler it is 16-byte aligned
+    (the launcher's specialization does that for pointer arguments, not for pointers read from memory)."""
+    ptr = tl.load(row + col).to(tl.pointer_type(DTYPE))
+    if ALIGNED:
+        ptr = tl.multiple_of(ptr, 16)
+    return ptr
+
+
+@triton.jit
+def _step_tile(row, idx, n, nz, wd_ptr, MODE: tl.constexpr, DTYPE: tl.constexpr, ACC: tl.constexpr,
+               HAS_WD: tl.constexpr, WHOLE: tl.constexpr):
+    """One tile of step_kernel. WHOLE: the tile is in range and the row aligned, so every access is
+    an unmasked 16-byte vector; otherwise each element is masked."""
+    mask = idx < n
+    if WHOLE:
+        w = tl.load(_row_ptr(row, PARAM, DTYPE, True) + idx).to(ACC)
+        g = tl.load(_row_ptr(row, GRAD, DTYPE, True) + idx).to(ACC)
+    else:
+        w = tl.load(_row_ptr(row, PARAM, DTYPE, False) + idx, mask=mask).to(ACC)
+        g = tl.load(_row_ptr(row, GRAD, DTYPE, False) + idx, mask=mask).to(ACC)
+    if HAS_WD:
+        g = g + tl.load(wd_ptr) * w
+    if MODE != 0:
+        g = g * nz.to(ACC)
+    full = tl.load(row + LR_IS_FULL) != 0
+    # A full-shape lr has the param's dtype; a scalar one was converted to the compute dtype.
+    if WHOLE:
+        if full:
+            step = tl.load(_row_ptr(row, LR, DTYPE, True) + idx).to(ACC) * g
+        else:
+            step = tl.load(_row_ptr(row, LR, ACC, False)) * g
+    else:
+        lr_ptr = tl.load(row + LR)
+        # The scalar flag broadcast to a block compare first: Triton 3.9's interpreter types a block
+        # mask & a scalar bool as int64 and refuses it as a mask.
+        lr_one = tl.load(lr_ptr.to(tl.pointer_type(ACC)), mask=~full, other=0.0)
+        lr_mask = mask & ((idx * 0 + full.to(tl.int64)) != 0)
+        if DTYPE == ACC:  # the scalar lr as the masked-off lanes' value: one tile, no select (a float64 spill otherwise)
+            lr = tl.load(lr_ptr.to(tl.pointer_type(DTYPE)) + idx, mask=lr_mask, other=lr_one)
+        else:  # a float32 scalar lr must not round through the half type
+            lr = tl.where(full, tl.load(lr_ptr.to(tl.pointer_type(DTYPE)) + idx, mask=lr_mask).to(ACC), lr_one)
+        step = lr * g
+    if WHOLE:
+        tl.store(_row_ptr(row, OUT, DTYPE, True) + idx, cast_out(w - step, DTYPE))
+    else:
+        tl.store(_row_ptr(row, OUT, DTYPE, False) + idx, cast_out(w - step, DTYPE), mask=mask)
 
 
 @triton.jit(do_not_specialize=["seed", "p", "scale", "sigma"])
@@ -88,30 +143,18 @@ def step_kernel(table_ptr, block_tensor_ptr, state_ptr, wd_ptr, seed, p, scale, 
     local = pid - tl.load(row + FIRST_BLOCK)
     rows = local * ROWS_C + tl.arange(0, ROWS_C).to(tl.int64)
     idx = rows[:, None] * 4 + tl.arange(0, 4)[None, :].to(tl.int64)
-    mask = idx < n
     # The noise first, before any tile is loaded, and kept in float32 until used: fewer live
     # registers (no spills on sm_90 in float64).
+    nz = 1.0
     if MODE != 0:
         seed, q0 = _stream(seed, tl.load(row + Q0), state_ptr, HAS_STATE)
         nz = noise_tile(seed, q0 + rows, p, scale, sigma, MODE)
-    w = tl.load(tl.load(row + PARAM).to(tl.pointer_type(DTYPE)) + idx, mask=mask).to(ACC)
-    g = tl.load(tl.load(row + GRAD).to(tl.pointer_type(DTYPE)) + idx, mask=mask).to(ACC)
-    if HAS_WD:
-        g = g + tl.load(wd_ptr) * w
-    if MODE != 0:
-        g = g * nz.to(ACC)
-    lr_ptr = tl.load(row + LR)
-    full = tl.load(row + LR_IS_FULL) != 0
-    # A full-shape lr has the param's dtype; a scalar one was converted to the compute dtype.
-    # The scalar flag broadcast to a block compare first: Triton 3.9's interpreter types a block mask
-    # & a scalar bool as int64 and refuses it as a mask.
-    lr_one = tl.load(lr_ptr.to(tl.pointer_type(ACC)), mask=~full, other=0.0)
-    lr_mask = mask & ((idx * 0 + full.to(tl.int64)) != 0)
-    if DTYPE == ACC:  # the scalar lr as the masked-off lanes' value: one tile, no select (a float64 spill otherwise)
-        lr = tl.load(lr_ptr.to(tl.pointer_type(DTYPE)) + idx, mask=lr_mask, other=lr_one)
-    else:  # a float32 scalar lr must not round through the half type
-        lr = tl.where(full, tl.load(lr_ptr.to(tl.pointer_type(DTYPE)) + idx, mask=lr_mask).to(ACC), lr_one)
-    tl.store(tl.load(row + OUT).to(tl.pointer_type(DTYPE)) + idx, cast_out(w - lr * g, DTYPE), mask=mask)
+    # A row's tiles are whole but its last; the tensors of a list are whole, aligned tensors but for
+    # odd views and batches of odd sizes.
+    if ((local + 1) * (ROWS_C * 4) <= n) & (tl.load(row + ALIGNED) != 0):
+        _step_tile(row, idx, n, nz, wd_ptr, MODE, DTYPE, ACC, HAS_WD, True)
+    else:
+        _step_tile(row, idx, n, nz, wd_ptr, MODE, DTYPE, ACC, HAS_WD, False)
 
 
 @triton.jit
@@ -125,7 +168,7 @@ def _meta_dropout_z(a_ptr, idx, mask, rows, seed, q0, state_ptr, NOISY: tl.const
     return z
 
 
-@triton.jit(do_not_specialize=["n", "seed", "q0"])
+@triton.jit(do_not_specialize=["seed", "q0"])
 def meta_dropout_kernel(out_ptr, f_ptr, a_ptr, state_ptr, n, seed, q0, NOISY: tl.constexpr, ACC: tl.constexpr,
                         HAS_STATE: tl.constexpr):
     rows, idx, mask = _tile(n)
@@ -134,7 +177,7 @@ def meta_dropout_kernel(out_ptr, f_ptr, a_ptr, state_ptr, n, seed, q0, NOISY: tl
     tl.store(out_ptr + idx, cast_out(f * softplus(z), out_ptr.dtype.element_ty), mask=mask)
 
 
-@triton.jit(do_not_specialize=["n", "seed", "q0"])
+@triton.jit(do_not_specialize=["seed", "q0"])
 def meta_dropout_backward_kernel(gf_ptr, ga_ptr, gout_ptr, f_ptr, a_ptr, state_ptr, n, seed, q0, NOISY: tl.constexpr,
                                  ACC: tl.constexpr, HAS_STATE: tl.constexpr):
     rows, idx, mask = _tile(n)
@@ -145,7 +188,7 @@ def meta_dropout_backward_kernel(gf_ptr, ga_ptr, gout_ptr, f_ptr, a_ptr, state_p
     tl.store(ga_ptr + idx, cast_out((g * f) * softplus_grad(z), ga_ptr.dtype.element_ty), mask=mask)
 
 
-@triton.jit(do_not_specialize=["n", "seed", "q0"])
+@triton.jit(do_not_specialize=["seed", "q0"])
 def meta_dropout_double_backward_kernel(dgo_ptr, df_ptr, da_ptr, ggf_ptr, gga_ptr, gout_ptr, f_ptr, a_ptr, state_ptr, n,
                                         seed, q0, NOISY: tl.constexpr, ACC: tl.constexpr, HAS_STATE: tl.constexpr):
     """csrc/dropgrad_math.h:meta_dropout_double_backward, in its operation order."""

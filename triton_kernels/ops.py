@@ -129,6 +129,8 @@ def _step(params, grads, lrs, lr, weight_decay, p, mode, seed, offset, rng_state
                          "out": outs[k].data_ptr() + b * n * size, "lr": lr_args[k].data_ptr() + b * lr_row,
                          "numel": n, "q0": (starts[k] + b * list_span) // 4, "first_block": first,
                          "lr_is_full": int(full)}
+                vectors = ("param", "grad", "out", "lr") if full else ("param", "grad", "out")
+                cells["aligned"] = int(all(cells[c] % 16 == 0 for c in vectors))
                 table.append([cells[c] for c in K.TABLE_COLUMNS])
                 blocks.append(_grid(n)[0])
                 first += blocks[-1]
