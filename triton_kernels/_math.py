@@ -63,6 +63,27 @@ def box_muller(w_even, w_odd):
 
 
 @triton.jit
+def _mulhilo(a: tl.constexpr, b):
+    """The high and low words of a * b (32-bit words) from one 64-bit product: one wide multiply
+    on the GPU (IMAD.WIDE.U32), where tl.random's umulhi and mul take two."""
+    prod = b.to(tl.uint64) * a
+    return (prod >> 32).to(tl.uint32), prod.to(tl.uint32)
+
+
+@triton.jit
+def philox(c0, c1, c2, c3, k0, k1):
+    """Philox4x32-10 of triton/language/random.py (philox_impl) on 32-bit words, its products
+    spelled as 64-bit ones: the same words."""
+    for _ in tl.static_range(10):
+        hi_b, lo_b = _mulhilo(0xCD9E8D57, c2)
+        hi_a, lo_a = _mulhilo(0xD2511F53, c0)
+        c0, c1, c2, c3 = hi_b ^ c1 ^ k0, lo_b, hi_a ^ c3 ^ k1, lo_a
+        k0 += 0x9E3779B9
+        k1 += 0xBB67AE85
+    return c0, c1, c2, c3
+
+
+@triton.jit
 def tile4(n0, n1, n2, n3):
     """(R,) x 4 -> (R, 4): word i of counter r becomes element 4r + i."""
     col = tl.arange(0, 4)[None, :]
@@ -75,7 +96,9 @@ def noise_tile(seed, q, p, scale, sigma, MODE: tl.constexpr):
     zero = tl.zeros(q.shape, tl.uint32)
     # Counter (q lo, q hi, 0, 0) with 32-bit words: an int64 offset in tl.randint4x could switch
     # Triton to Philox4x64, which the contract does not use.
-    c0, c1, c2, c3 = tl.philox(seed, (q & 0xFFFFFFFF).to(tl.uint32), (q >> 32).to(tl.uint32), zero, zero)
+    key = tl.to_tensor(seed).to(tl.uint64)  # a small seed comes as an int32
+    c0, c1, c2, c3 = philox((q & 0xFFFFFFFF).to(tl.uint32), (q >> 32).to(tl.uint32), zero, zero,
+                            (key & 0xFFFFFFFF).to(tl.uint32), (key >> 32).to(tl.uint32))
     if MODE == 1:
         n = tile4(tl.where(uniform(c0) > p, scale, 0.0), tl.where(uniform(c1) > p, scale, 0.0),
                   tl.where(uniform(c2) > p, scale, 0.0), tl.where(uniform(c3) > p, scale, 0.0))

@@ -15,7 +15,7 @@ counted: 5-14 more instructions an element, drop_grad 82 against 75).
 import triton
 import triton.language as tl
 
-from ._math import cast_out, noise_tile, softplus, softplus_grad, softplus_grad2
+from ._math import cast_out, noise_tile, philox, softplus, softplus_grad, softplus_grad2
 
 ROWS = 256
 ROWS_C = tl.constexpr(ROWS)
@@ -216,7 +216,7 @@ def philox_kernel(out_ptr, counter_ptr, key_ptr, n, BLOCK: tl.constexpr):
     c3 = tl.load(counter_ptr + i * 4 + 3, mask=m).to(tl.uint32)
     k0 = tl.load(key_ptr + i * 2, mask=m).to(tl.uint32)
     k1 = tl.load(key_ptr + i * 2 + 1, mask=m).to(tl.uint32)
-    r0, r1, r2, r3 = tl.random.philox_impl(c0, c1, c2, c3, k0, k1)
+    r0, r1, r2, r3 = philox(c0, c1, c2, c3, k0, k1)
     tl.store(out_ptr + i * 4, r0.to(tl.int64), mask=m)
     tl.store(out_ptr + i * 4 + 1, r1.to(tl.int64), mask=m)
     tl.store(out_ptr + i * 4 + 2, r2.to(tl.int64), mask=m)
