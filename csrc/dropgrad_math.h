@@ -145,7 +145,7 @@ DG_HD void box_muller(uint32_t w_even, uint32_t w_odd, float* z_even, float* z_o
 
 // Host-side constants of a (mode, p) pair, rounded to float32 once so every backend uses the same.
 struct NoiseParams {
-  int64_t mode;
+  int32_t mode;  // a Mode, in 32 bits: a GPU tests a 64-bit one with two compares, in every loop pass
   float p;      // Bernoulli keeps where uniform > p
   float scale;  // Bernoulli 1/(1-p)
   float sigma;  // Gaussian sqrt(p/(1-p))
@@ -157,7 +157,7 @@ inline int64_t noise_mode(int64_t mode, double p) { return (p == 0.0 && mode != 
 
 inline NoiseParams make_noise_params(int64_t mode, double p) {
   NoiseParams np;
-  np.mode = noise_mode(mode, p);
+  np.mode = static_cast<int32_t>(noise_mode(mode, p));
   np.p = static_cast<float>(p);
   np.scale = static_cast<float>(1.0 / (1.0 - p));
   np.sigma = static_cast<float>(std::sqrt(p / (1.0 - p)));
