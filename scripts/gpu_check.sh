@@ -14,8 +14,10 @@
 #              Without it: the whole suite, then the full report.
 # --out DIR    where the report (gpu_report.md/.json/.png), the tests' JUnit XML and the whole log
 #              (gpu_check.log) go; default results/. Report rows are written as they finish.
-# --dry-run    everything that needs no GPU: the interpreter and torch checks, the build, the
-#              collection of the selected tests and the plan with each stage's budget.
+# --dry-run    everything that needs no GPU: the interpreter and torch checks, the build, every
+#              Triton kernel compiled ahead of time by that interpreter's Triton for the archs
+#              built (its API drifts between releases: 3.6 has no tl.to_tensor), the collection of
+#              the selected tests and the plan with each stage's budget.
 #
 # Each stage runs in its own time box and prints its wall time; one that fails or runs out of
 # time is reported and the next still runs. Exit status: 0 all passed; 1 a stage failed or timed
@@ -156,6 +158,11 @@ KERNELS=$("$PY" -c "import dropgrad_cuda as dg; print(int(dg.cuda_kernels_built(
 [ "$KERNELS" = 1 ] || echo "gpu_check: built without the CUDA kernels (no nvcc or CUDA_HOME?): the Triton backend only"
 
 if [ "$DRY" = 1 ]; then
+  for arch in ${TORCH_CUDA_ARCH_LIST//;/ }; do
+    stage "triton sm_${arch/./}" 300 "$PY" -m dropgrad_cuda.triton_kernels.aot --arch "${arch/./}" \
+      | grep -vE ": [0-9]+ registers, 0 bytes spill stores, 0 bytes spill loads$" \
+      || { echo "gpu_check: a Triton kernel does not compile (or spills) with this Triton"; exit 1; }
+  done
   COLLECTED=$("$PY" -m pytest -q -p no:cacheprovider --collect-only "${TEST_ARGS[@]}" 2>&1)
   rc=$?
   N=$(echo "$COLLECTED" | grep -E "^[0-9]+(/[0-9]+)? tests? (collected|selected)" | tail -1 | grep -oE "^[0-9]+")

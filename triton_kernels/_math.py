@@ -96,7 +96,7 @@ def noise_tile(seed, q, p, scale, sigma, MODE: tl.constexpr):
     zero = tl.zeros(q.shape, tl.uint32)
     # Counter (q lo, q hi, 0, 0) with 32-bit words: an int64 offset in tl.randint4x could switch
     # Triton to Philox4x64, which the contract does not use.
-    key = tl.to_tensor(seed).to(tl.uint64)  # a small seed comes as an int32
+    key = tl.core.to_tensor(seed).to(tl.uint64)  # a small seed comes as an int32 (Triton 3.6 has no tl.to_tensor)
     c0, c1, c2, c3 = philox((q & 0xFFFFFFFF).to(tl.uint32), (q >> 32).to(tl.uint32), zero, zero,
                             (key & 0xFFFFFFFF).to(tl.uint32), (key >> 32).to(tl.uint32))
     if MODE == 1:
