@@ -247,6 +247,9 @@ def report():
                                 ("Triton", {a: c for (a, o), c in triton.items() if o == op})):
             cells = []
             for gpu, g in GPUS.items():
+                if g["arch"] not in counts:  # a build for one arch (gpu_check --quick: the GPU present)
+                    cells += ["not built", "-"]
+                    continue
                 bound, share = predict(counts[g["arch"]], 4 * moved, gpu)
                 cells += [bound, f"{100 * share:.0f}%"]
             lines.append(f"| {op} | {backend} | {4 * moved} | " + " | ".join(cells) + " |")
