@@ -75,8 +75,19 @@ DG_HD To bit_cast(From v) {
   return r;
 }
 
-// Cephes logf for normal positive x, branch-free so loops of it vectorize. Part of the contract:
-// libm's logf differs between platforms, this polynomial does not.
+// a * b + c rounded once (IEEE fusedMultiplyAdd): the contract's multiply-adds, at fixed places,
+// so every backend computes the same: an FFMA on a GPU, a vfmadd in the CPU kernels' AVX2 and
+// AVX-512 builds, libm's correctly rounded fmaf elsewhere (the baseline ISA and the emulator).
+DG_HD float fma_f(float a, float b, float c) {
+#if defined(__CUDA_ARCH__)
+  return __fmaf_rn(a, b, c);
+#else
+  return __builtin_fmaf(a, b, c);
+#endif
+}
+
+// Cephes logf for normal positive x, its polynomial by Horner's rule in FMAs, branch-free so loops
+// of it vectorize. Part of the contract: libm's logf differs between platforms, this does not.
 DG_HD float log_f(float x) {
   const uint32_t b = bit_cast<uint32_t>(x);
   // x = m * 2^e with m in [sqrt(1/2), sqrt(2)): s = 1 when the mantissa is below sqrt(1/2)'s, and
@@ -86,59 +97,59 @@ DG_HD float log_f(float x) {
   const float e = static_cast<float>(static_cast<int32_t>((b >> 23) & 0xffu) - 126 - static_cast<int32_t>(s));
   const float m = bit_cast<float>(((b & 0x807fffffu) | 0x3f000000u) + (s << 23)) - 1.0f;
   const float z = m * m;
-  // Cephes' degree-8 polynomial by Estrin's scheme: a shallow tree, so the Box-Muller chain is short
-  // enough for out-of-order overlap (25% faster than Horner here).
-  const float m4 = z * z;
-  const float q0 = static_cast<float>(3.3333331174E-1) + m * static_cast<float>(-2.4999993993E-1);
-  const float q1 = static_cast<float>(2.0000714765E-1) + m * static_cast<float>(-1.6668057665E-1);
-  const float q2 = static_cast<float>(1.4249322787E-1) + m * static_cast<float>(-1.2420140846E-1);
-  const float q3 = static_cast<float>(1.1676998740E-1) + m * static_cast<float>(-1.1514610310E-1);
-  const float r0 = q0 + z * q1;
-  const float r1 = q2 + z * q3;
-  float y = (r0 + m4 * r1) + (m4 * m4) * static_cast<float>(7.0376836292E-2);
-  y = y * m * z;
-  y = y + e * static_cast<float>(-2.12194440E-4);
-  y = y + z * -0.5f;
-  return (m + y) + e * 0.693359375f;
+  float y = static_cast<float>(7.0376836292E-2);
+  y = fma_f(y, m, static_cast<float>(-1.1514610310E-1));
+  y = fma_f(y, m, static_cast<float>(1.1676998740E-1));
+  y = fma_f(y, m, static_cast<float>(-1.2420140846E-1));
+  y = fma_f(y, m, static_cast<float>(1.4249322787E-1));
+  y = fma_f(y, m, static_cast<float>(-1.6668057665E-1));
+  y = fma_f(y, m, static_cast<float>(2.0000714765E-1));
+  y = fma_f(y, m, static_cast<float>(-2.4999993993E-1));
+  y = fma_f(y, m, static_cast<float>(3.3333331174E-1));
+  y = (y * m) * z;
+  y = fma_f(e, static_cast<float>(-2.12194440E-4), y);
+  y = fma_f(z, -0.5f, y);
+  return fma_f(e, 0.693359375f, m + y);
 }
 
-// Cephes sinf/cosf polynomials after a Cody-Waite reduction by pi/2, for t in [0, 2*pi].
-DG_HD void sincos_f(float t, float* s, float* c) {
-  const float j = static_cast<float>(static_cast<int32_t>(t * static_cast<float>(0.636619772367581343) + 0.5f));
-  float y = t - j * 1.5703125f;
-  y = y - j * static_cast<float>(4.837512969970703125E-4);
-  y = y - j * static_cast<float>(7.54978995489188216E-8);
-  const float z = y * y;
-  float ps = static_cast<float>(-1.9515295891E-4);
-  ps = ps * z + static_cast<float>(8.3321608736E-3);
-  ps = ps * z + static_cast<float>(-1.6666654611E-1);
-  const float sy = y + (y * z) * ps;
-  float pc = static_cast<float>(2.443315711809948E-5);
-  pc = pc * z + static_cast<float>(-1.388731625493765E-3);
-  pc = pc * z + static_cast<float>(4.166664568298827E-2);
-  const float cy = (1.0f - z * 0.5f) + (z * z) * pc;
-  const int32_t q = static_cast<int32_t>(j) & 3;
-  const float sv = (q & 1) ? cy : sy;
-  const float cv = (q & 1) ? sy : cy;
-  *s = (q & 2) ? -sv : sv;
-  *c = ((q + 1) & 2) ? -cv : cv;
-}
-
-// Box-Muller's radius (from the even word) and angle (from the odd one): separate functions so the
-// CPU kernels can run them as separate passes, which keeps each loop within AVX2's registers.
+// Box-Muller's radius sqrt(-2 ln u) from the even word: u = (w >> 9) 2^-23 + 2^-24, exact and in
+// [2^-24, 1 - 2^-24], so it needs no clamp (|z| <= sqrt(48 ln 2) = 5.77).
 DG_HD float box_muller_radius(uint32_t w_even) {
-  float u1 = uniform(w_even);
-  u1 = u1 < 1e-7f ? 1e-7f : u1;
-  return sqrtf(log_f(u1) * -2.0f);
+  const float u = fma_f(static_cast<float>(static_cast<int32_t>(w_even >> 9)), 0x1p-23f, 0x1p-24f);
+  return sqrtf(log_f(u) * -2.0f);
 }
 
-DG_HD float box_muller_angle(uint32_t w_odd) { return static_cast<float>(6.283185307179586) * uniform(w_odd); }
+// Box-Muller's angle from the odd word: its top two bits are the quadrant q and its next 24 the
+// position x in [-pi/4, pi/4) within it, so theta = q pi/2 + x is uniform on a turn with no range
+// reduction. This returns x, exact but for the last rounding.
+DG_HD float box_muller_angle(uint32_t w_odd) {
+  return fma_f(static_cast<float>(static_cast<int32_t>((w_odd >> 6) & 0xffffffu)), static_cast<float>(1.57079632679489662 / 16777216.0),
+               static_cast<float>(-0.785398163397448310));
+}
+
+// sin and cos of theta = q pi/2 + x (x from box_muller_angle, q the word's top bits): Cephes' sinf
+// and cosf polynomials for |x| <= pi/4 in FMAs, rotated by the quadrant (a swap and sign flips).
+DG_HD void sincos_f(float x, uint32_t w_odd, float* s, float* c) {
+  const float z = x * x;
+  float ps = fma_f(static_cast<float>(-1.9515295891E-4), z, static_cast<float>(8.3321608736E-3));
+  ps = fma_f(ps, z, static_cast<float>(-1.6666654611E-1));
+  const float sy = fma_f(x * z, ps, x);
+  float pc = fma_f(static_cast<float>(2.443315711809948E-5), z, static_cast<float>(-1.388731625493765E-3));
+  pc = fma_f(pc, z, static_cast<float>(4.166664568298827E-2));
+  const float cy = fma_f(z * z, pc, fma_f(z, -0.5f, 1.0f));
+  // q = 1, 3 swap sin and cos; sin is negative for q = 2, 3 (bit 31), cos for q = 1, 2 (bits 31 ^ 30).
+  const bool swap = (w_odd >> 30) & 1u;
+  const float sv = swap ? cy : sy;
+  const float cv = swap ? sy : cy;
+  *s = bit_cast<float>(bit_cast<uint32_t>(sv) ^ (w_odd & 0x80000000u));
+  *c = bit_cast<float>(bit_cast<uint32_t>(cv) ^ ((w_odd ^ (w_odd << 1)) & 0x80000000u));
+}
 
 // Box-Muller on one word pair: the even element gets r*cos, the odd one r*sin.
 DG_HD void box_muller(uint32_t w_even, uint32_t w_odd, float* z_even, float* z_odd) {
   const float r = box_muller_radius(w_even);
   float s, c;
-  sincos_f(box_muller_angle(w_odd), &s, &c);
+  sincos_f(box_muller_angle(w_odd), w_odd, &s, &c);
   *z_even = r * c;
   *z_odd = r * s;
 }
@@ -176,7 +187,7 @@ DG_HD void words4(uint64_t q, const RoundKeys& ks, uint32_t c[4]) {
 // Per-element noise, word to value.
 DG_HD float bernoulli(float p, float scale, uint32_t w) { return uniform(w) > p ? scale : 0.0f; }
 
-DG_HD float gaussian(float sigma, float z) { return 1.0f + sigma * z; }
+DG_HD float gaussian(float sigma, float z) { return fma_f(sigma, z, 1.0f); }
 
 // Cephes expf, branch-free for vectorization: 0 below -87.3 and inf above 88 (where 2^n would
 // leave the normal range), like expf up to denormals.

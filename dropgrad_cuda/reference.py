@@ -1,7 +1,7 @@
 """The noise contract and every op in plain PyTorch: the oracle of the tests (``backend="reference"``).
 
 docs/noise_contract.md states the contract in prose; this module is its executable form and
-mirrors csrc/dropgrad_math.h operation by operation (float32, no fused multiply-adds), so the
+mirrors csrc/dropgrad_math.h operation by operation (float32, fused multiply-adds where it has them), so the
 kernels can be compared with it bit for bit. Autograd here is PyTorch's own.
 """
 import torch
@@ -61,8 +61,24 @@ def uniform(w):
     return x.to(torch.float32) * _f32(4.6566127342e-10)
 
 
+def fma(a, b, c):
+    """a * b + c in float32 rounded once (IEEE fusedMultiplyAdd, the contract's multiply-adds): the
+    product is exact in float64, and the float64 sum rounded to odd (an inexact sum with an even
+    last bit moves one ulp toward the exact value) rounds to float32 as the exact value would
+    (Boldo and Melquiond, 2008). TwoSum gives the sum's error exactly."""
+    a, b, c = (torch.as_tensor(t, dtype=torch.float32).double() for t in (a, b, c))
+    p = a * b
+    s = p + c
+    bb = s - p
+    err = (p - (s - bb)) + (c - bb)
+    bits = s.view(torch.int64)
+    toward = torch.where((err > 0) == (s > 0), 1, -1)
+    bits = torch.where((err != 0) & ((bits & 1) == 0), bits + toward, bits)
+    return bits.view(torch.float64).float()
+
+
 def log_f(x):
-    """Cephes logf, its polynomial by Estrin's scheme (csrc/dropgrad_math.h:log_f), for positive normal float32 x."""
+    """Cephes logf, its polynomial by Horner's rule in FMAs (csrc/dropgrad_math.h:log_f), for positive normal float32 x."""
     b = x.view(torch.int32).to(torch.int64) & _M32
     e = (((b >> 23) & 0xFF) - 126).to(torch.float32)
     m = ((b & 0x807FFFFF) | 0x3F000000).to(torch.int32).view(torch.float32)
@@ -70,51 +86,52 @@ def log_f(x):
     e = torch.where(small, e - 1, e)
     m = torch.where(small, (m + m) - 1, m - 1)
     z = m * m
-    m4 = z * z
-    q0 = _f32(3.3333331174e-1) + m * _f32(-2.4999993993e-1)
-    q1 = _f32(2.0000714765e-1) + m * _f32(-1.6668057665e-1)
-    q2 = _f32(1.4249322787e-1) + m * _f32(-1.2420140846e-1)
-    q3 = _f32(1.1676998740e-1) + m * _f32(-1.1514610310e-1)
-    y = ((q0 + z * q1) + m4 * (q2 + z * q3)) + (m4 * m4) * _f32(7.0376836292e-2)
-    y = y * m * z
-    y = y + e * _f32(-2.12194440e-4)
-    y = y + z * _f32(-0.5)
-    return (m + y) + e * _f32(0.693359375)
+    y = _f32(7.0376836292e-2)
+    for coef in (-1.1514610310e-1, 1.1676998740e-1, -1.2420140846e-1, 1.4249322787e-1, -1.6668057665e-1,
+                 2.0000714765e-1, -2.4999993993e-1, 3.3333331174e-1):
+        y = fma(y, m, _f32(coef))
+    y = (y * m) * z
+    y = fma(e, _f32(-2.12194440e-4), y)
+    y = fma(z, _f32(-0.5), y)
+    return fma(e, _f32(0.693359375), m + y)
 
 
-def sincos_f(t):
-    """Cephes sinf/cosf after Cody-Waite reduction by pi/2 (csrc/dropgrad_math.h:sincos_f), t in [0, 2*pi]."""
-    j = (t * _f32(0.636619772367581343) + _f32(0.5)).to(torch.int32)
-    jf = j.to(torch.float32)
-    y = t - jf * _f32(1.5703125)
-    y = y - jf * _f32(4.837512969970703125e-4)
-    y = y - jf * _f32(7.54978995489188216e-8)
-    z = y * y
-    ps = _f32(-1.9515295891e-4) * z + _f32(8.3321608736e-3)
-    ps = ps * z + _f32(-1.6666654611e-1)
-    sy = y + (y * z) * ps
-    pc = _f32(2.443315711809948e-5) * z + _f32(-1.388731625493765e-3)
-    pc = pc * z + _f32(4.166664568298827e-2)
-    cy = (1 - z * _f32(0.5)) + (z * z) * pc
-    q = j & 3
-    odd = (q & 1) == 1
-    sv, cv = torch.where(odd, cy, sy), torch.where(odd, sy, cy)
-    return torch.where((q & 2) == 2, -sv, sv), torch.where(((q + 1) & 2) == 2, -cv, cv)
+def box_muller_radius(w_even):
+    """sqrt(-2 ln u), u = (w >> 9) 2^-23 + 2^-24 (exact, in [2^-24, 1 - 2^-24]) from the even word."""
+    u = fma((w_even >> 9).to(torch.float32), _f32(2.0**-23), _f32(2.0**-24))
+    # The correctly rounded float32 sqrt (torch's float32 CPU sqrt is not): double rounding is exact for sqrt.
+    return torch.sqrt((log_f(u) * _f32(-2.0)).double()).float()
+
+
+def box_muller_angle(w_odd):
+    """x in [-pi/4, pi/4) from bits 6..29 of the odd word; the top two are the quadrant."""
+    return fma(((w_odd >> 6) & 0xFFFFFF).to(torch.float32), _f32(1.57079632679489662 / 16777216.0),
+               _f32(-0.785398163397448310))
+
+
+def sincos_f(x, w_odd):
+    """sin and cos of q pi/2 + x, q = w_odd >> 30: Cephes' polynomials for |x| <= pi/4 in FMAs, rotated
+    by the quadrant (csrc/dropgrad_math.h:sincos_f)."""
+    z = x * x
+    ps = fma(fma(_f32(-1.9515295891e-4), z, _f32(8.3321608736e-3)), z, _f32(-1.6666654611e-1))
+    sy = fma(x * z, ps, x)
+    pc = fma(fma(_f32(2.443315711809948e-5), z, _f32(-1.388731625493765e-3)), z, _f32(4.166664568298827e-2))
+    cy = fma(z * z, pc, fma(z, _f32(-0.5), _f32(1.0)))
+    swap = ((w_odd >> 30) & 1) == 1
+    sv, cv = torch.where(swap, cy, sy), torch.where(swap, sy, cy)
+    return torch.where(((w_odd >> 31) & 1) == 1, -sv, sv), torch.where((((w_odd >> 31) ^ (w_odd >> 30)) & 1) == 1, -cv, cv)
 
 
 def box_muller(w_even, w_odd):
-    u1 = torch.clamp_min(uniform(w_even), _f32(1e-7))
-    th = _f32(6.283185307179586) * uniform(w_odd)
-    # The correctly rounded float32 sqrt (torch's float32 CPU sqrt is not): double rounding is exact for sqrt.
-    r = torch.sqrt((log_f(u1) * _f32(-2.0)).double()).float()
-    s, c = sincos_f(th)
+    r = box_muller_radius(w_even)
+    s, c = sincos_f(box_muller_angle(w_odd), w_odd)
     return r * c, r * s
 
 
 def noise(numel, p, mode, seed, offset=0, device=None):
     """The contract's float32 noise n of stream elements [offset, offset + numel).
 
-    mode "bernoulli": 1/(1-p) where uniform > p, else 0; "gaussian": 1 + sqrt(p/(1-p)) * z;
+    mode "bernoulli": 1/(1-p) where uniform > p, else 0; "gaussian": fma(sqrt(p/(1-p)), z, 1);
     "normal": z (the meta-dropout epsilon); "none" or p == 0 (except "normal"): ones.
     """
     if noise_mode(MODES[mode], p) == MODES["none"]:
@@ -127,7 +144,7 @@ def noise(numel, p, mode, seed, offset=0, device=None):
         z2, z3 = box_muller(w[:, 2], w[:, 3])
         n = torch.stack([z0, z1, z2, z3], dim=-1)
         if mode == "gaussian":
-            n = 1 + _f32((p / (1.0 - p)) ** 0.5) * n
+            n = fma(_f32((p / (1.0 - p)) ** 0.5), n, _f32(1.0))
     return n.reshape(-1)[:numel]
 
 

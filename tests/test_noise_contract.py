@@ -1,9 +1,14 @@
 """Every backend's noise against the contract's reference (docs/noise_contract.md)."""
+import os
+
 import pytest
 import torch
+import triton
+import triton.language as tl
 
 import dropgrad_cuda as dg
 from dropgrad_cuda import reference as R
+from dropgrad_cuda.triton_kernels import _math
 
 SEEDS = [0, 1, 2**32 + 7, 2**63 + 12345, 2**64 - 1]
 OFFSETS = [0, 4, 2**32 - 4, 2**34 + 8]
@@ -79,6 +84,66 @@ def test_noise_is_a_prefix_of_longer_streams():
     assert torch.equal(R.noise(96, 0.2, "gaussian", 9, offset=904), long[904:])
 
 
+def _fma_cases():
+    """float32 (a, b, c) where rounding a*b + c twice goes wrong: a*b exactly halfway between two
+    float32 values and c a nudge below float64's resolution there (a float64 sum drops it, and
+    rounding the tie to even then goes the wrong way), besides cancellations and random ones."""
+    g = torch.Generator().manual_seed(0)
+    k = torch.randint(1, 2048, (512,), generator=g).double()
+    a = 1 + k * 2.0**-12
+    nudge = torch.where(torch.rand(512, generator=g) < 0.5, 1.0, -1.0) * 2.0**-70
+    half = torch.stack([a, a, nudge], dim=1)  # a^2 = 1 + k 2^-11 + k^2 2^-24: a tie for odd k^2
+    x = torch.randn(2048, 2, generator=g).float().double()
+    cancel = torch.cat([x, -(x[:, :1] * x[:, 1:]).float().double() * (1 + 2.0**-20 * torch.randn(2048, 1, generator=g))], 1)
+    rand = torch.randn(2048, 3, generator=g) * torch.tensor([1.0, 1e3, 1e-2])
+    return torch.cat([half, cancel, rand.double()]).float()
+
+
+def _assert_correctly_rounded(a, b, c, r):
+    """r is a*b + c rounded to nearest even float32, checked in exact rational arithmetic."""
+    import numpy as np
+    from fractions import Fraction
+
+    for ai, bi, ci, ri in zip(a.tolist(), b.tolist(), c.tolist(), r.tolist()):
+        exact = Fraction(ai) * Fraction(bi) + Fraction(ci)
+        lo, hi = (float(np.nextafter(np.float32(ri), np.float32(d))) for d in (-np.inf, np.inf))
+        err = abs(exact - Fraction(ri))
+        assert err <= abs(exact - Fraction(lo)) and err <= abs(exact - Fraction(hi)), (ai, bi, ci, ri)
+        if err in (abs(exact - Fraction(lo)), abs(exact - Fraction(hi))):  # a tie: the even one
+            assert np.float32(ri).view(np.int32) % 2 == 0, (ai, bi, ci, ri)
+
+
+def test_reference_fma_is_correctly_rounded():
+    abc = _fma_cases()
+    r = R.fma(abc[:, 0], abc[:, 1], abc[:, 2])
+    _assert_correctly_rounded(abc[:, 0], abc[:, 1], abc[:, 2], r)
+    # The halfway cases are not vacuous: rounding the float64 sum would get some of them wrong.
+    a, b, c = (abc[:512, i].double() for i in range(3))
+    assert not torch.equal((a * b + c).float(), r[:512])
+
+
+@triton.jit
+def _fma_kernel(a_ptr, b_ptr, c_ptr, out_ptr, n, BLOCK: tl.constexpr):
+    i = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    m = i < n
+    tl.store(out_ptr + i, _math.fma(tl.load(a_ptr + i, m), tl.load(b_ptr + i, m), tl.load(c_ptr + i, m)), m)
+
+
+@pytest.mark.parametrize("device", [
+    pytest.param("cpu", id="interpreter", marks=pytest.mark.skipif(
+        os.environ.get("TRITON_INTERPRET") != "1", reason="needs TRITON_INTERPRET=1")),
+    pytest.param("cuda", marks=[pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(),
+                                                                     reason="needs a CUDA GPU")])])
+def test_triton_fma_matches_reference(device):
+    """The Triton kernels' fma (the interpreter's own rounds the product first) against the
+    reference's; the C++ kernels take the hardware's FMA or libm's fmaf."""
+    abc = _fma_cases().to(device)
+    out = torch.empty(abc.shape[0], device=device)
+    a, b, c = (abc[:, i].contiguous() for i in range(3))
+    _fma_kernel[(triton.cdiv(out.numel(), 1024),)](a, b, c, out, out.numel(), BLOCK=1024)
+    assert torch.equal(out.cpu(), R.fma(a.cpu(), b.cpu(), c.cpu()))
+
+
 def test_uniform_range_and_box_muller_accuracy():
     u = R.uniform(R.words(1 << 20, 3))
     assert u.min() >= 0 and u.max() < 1
@@ -86,10 +151,18 @@ def test_uniform_range_and_box_muller_accuracy():
     # The contract's polynomials stay within 2 ulps of the correctly rounded functions.
     ulp_log = (R.log_f(x).double() - x.double().log()).abs() / (x.double().log().abs() * 2.0**-23)
     assert ulp_log.max() < 2
-    t = torch.rand(1 << 18) * 6.2831853
-    s, c = R.sincos_f(t)
-    assert (s.double() - t.double().sin()).abs().max() < 2 * 2.0**-24
-    assert (c.double() - t.double().cos()).abs().max() < 2 * 2.0**-24
+    # The angle q pi/2 + x of every word pattern's quadrant and a spread of positions x.
+    w = R.words(1 << 18, 5)
+    x = R.box_muller_angle(w)
+    assert x.min() >= -0.7853982 and x.max() < 0.7853982
+    s, c = R.sincos_f(x, w)
+    theta = (w >> 30).double() * (torch.pi / 2) + x.double()
+    assert (s.double() - theta.sin()).abs().max() < 2 * 2.0**-24
+    assert (c.double() - theta.cos()).abs().max() < 2 * 2.0**-24
+    # The radius' uniform is exact and never 0 or 1.
+    r = R.box_muller_radius(torch.tensor([0, 2**32 - 1]))
+    assert torch.equal(r, torch.tensor([(-2 * torch.log(torch.tensor(2.0**-24, dtype=torch.float64))).sqrt(),
+                                        (-2 * torch.log1p(torch.tensor(-2.0**-24, dtype=torch.float64))).sqrt()]).float())
 
 
 @pytest.mark.parametrize("p", [0.1, 0.2, 0.5])
@@ -112,9 +185,9 @@ def test_noise_statistics(p):
     assert abs(g.var() / var - 1) < 5 * (2 / n) ** 0.5
     z = kernel_noise(backend, n, p, "normal", 13, 0).double()
     assert abs(z.mean()) < 5e-3 and abs(z.var() - 1) < 5 * (2 / n) ** 0.5
-    # Tails: P(|z| > 3) = 0.0027; the 1e-7 clamp caps |z| at sqrt(-2 ln 1e-7) = 5.68.
+    # Tails: P(|z| > 3) = 0.0027; the radius' smallest uniform, 2^-24, caps |z| at sqrt(48 ln 2) = 5.77.
     assert abs((z.abs() > 3).double().mean() - 0.0027) < 5 * (0.0027 / n) ** 0.5
-    assert z.abs().max() <= 5.7
+    assert z.abs().max() <= 5.77
 
 
 def test_distinct_seeds_and_offsets_give_independent_noise():

@@ -1,13 +1,37 @@
 """The per-element math of the noise contract in Triton: csrc/dropgrad_math.h operation by
-operation (same constants, same order), so the interpreter matches the reference bit for bit and
-GPU builds launched with enable_fp_fusion=False do too."""
+operation (same constants, same order, FMAs where it has them), so the interpreter matches the
+reference bit for bit and GPU builds launched with enable_fp_fusion=False do too."""
+import os
+
 import triton
 import triton.language as tl
+
+# Decided at import, as triton.jit decides whether to interpret.
+INTERPRET = tl.constexpr(os.environ.get("TRITON_INTERPRET", "0") == "1")
 
 
 @triton.jit
 def uniform(w):
     return tl.random.uint_to_uniform_float(w)
+
+
+@triton.jit
+def fma(a, b, c):
+    """a * b + c in float32 rounded once (the contract's multiply-adds, reference.fma): tl.fma on a
+    GPU; the interpreter's own rounds the product, so there the reference's exact float64 form."""
+    if INTERPRET:  # a is a float32 tensor; b and c may be Python floats, which `+ zero` rounds to float32
+        zero = a * 0.0
+        c64 = (c + zero).to(tl.float64)
+        p = a.to(tl.float64) * (b + zero).to(tl.float64)
+        s = p + c64
+        bb = s - p
+        err = (p - (s - bb)) + (c64 - bb)
+        bits = s.to(tl.int64, bitcast=True)
+        toward = tl.where((err > 0.0) == (s > 0.0), 1, -1).to(tl.int64)
+        bits = tl.where((err != 0.0) & ((bits & 1) == 0), bits + toward, bits)
+        return bits.to(tl.float64, bitcast=True).to(tl.float32)
+    else:
+        return tl.fma(a, b, c)
 
 
 @triton.jit
@@ -19,46 +43,41 @@ def log_f(x):
     e = e - tl.where(small, 1.0, 0.0)
     m = tl.where(small, m + m, m) - 1.0
     z = m * m
-    m4 = z * z
-    q0 = 3.3333331174e-1 + m * -2.4999993993e-1
-    q1 = 2.0000714765e-1 + m * -1.6668057665e-1
-    q2 = 1.4249322787e-1 + m * -1.2420140846e-1
-    q3 = 1.1676998740e-1 + m * -1.1514610310e-1
-    y = ((q0 + z * q1) + m4 * (q2 + z * q3)) + (m4 * m4) * 7.0376836292e-2
-    y = y * m * z
-    y = y + e * -2.12194440e-4
-    y = y + z * -0.5
-    return (m + y) + e * 0.693359375
+    y = fma(m, 7.0376836292e-2, -1.1514610310e-1)
+    y = fma(y, m, 1.1676998740e-1)
+    y = fma(y, m, -1.2420140846e-1)
+    y = fma(y, m, 1.4249322787e-1)
+    y = fma(y, m, -1.6668057665e-1)
+    y = fma(y, m, 2.0000714765e-1)
+    y = fma(y, m, -2.4999993993e-1)
+    y = fma(y, m, 3.3333331174e-1)
+    y = (y * m) * z
+    y = fma(e, -2.12194440e-4, y)
+    y = fma(z, -0.5, y)
+    return fma(e, 0.693359375, m + y)
 
 
 @triton.jit
-def sincos_f(t):
-    j = (t * 0.636619772367581343 + 0.5).to(tl.int32)
-    jf = j.to(tl.float32)
-    y = t - jf * 1.5703125
-    y = y - jf * 4.837512969970703125e-4
-    y = y - jf * 7.54978995489188216e-8
-    z = y * y
-    ps = -1.9515295891e-4 * z + 8.3321608736e-3
-    ps = ps * z + -1.6666654611e-1
-    sy = y + (y * z) * ps
-    pc = 2.443315711809948e-5 * z + -1.388731625493765e-3
-    pc = pc * z + 4.166664568298827e-2
-    cy = (1.0 - z * 0.5) + (z * z) * pc
-    q = j & 3
-    odd = (q & 1) == 1
-    sv = tl.where(odd, cy, sy)
-    cv = tl.where(odd, sy, cy)
-    return tl.where((q & 2) == 2, -sv, sv), tl.where(((q + 1) & 2) == 2, -cv, cv)
+def sincos_f(x, w_odd):
+    z = x * x
+    ps = fma(fma(z, -1.9515295891e-4, 8.3321608736e-3), z, -1.6666654611e-1)
+    sy = fma(x * z, ps, x)
+    pc = fma(fma(z, 2.443315711809948e-5, -1.388731625493765e-3), z, 4.166664568298827e-2)
+    cy = fma(z * z, pc, fma(z, -0.5, 1.0))
+    swap = ((w_odd >> 30) & 1) == 1
+    sv = tl.where(swap, cy, sy)
+    cv = tl.where(swap, sy, cy)
+    s = (sv.to(tl.uint32, bitcast=True) ^ (w_odd & 0x80000000)).to(tl.float32, bitcast=True)
+    c = (cv.to(tl.uint32, bitcast=True) ^ ((w_odd ^ (w_odd << 1)) & 0x80000000)).to(tl.float32, bitcast=True)
+    return s, c
 
 
 @triton.jit
 def box_muller(w_even, w_odd):
-    u1 = uniform(w_even)
-    u1 = tl.where(u1 < 1e-7, 1e-7, u1)
-    th = 6.283185307179586 * uniform(w_odd)
-    r = tl.sqrt_rn(log_f(u1) * -2.0)
-    s, c = sincos_f(th)
+    u = fma((w_even >> 9).to(tl.int32).to(tl.float32), 1.1920928955078125e-07, 5.9604644775390625e-08)
+    r = tl.sqrt_rn(log_f(u) * -2.0)
+    x = fma(((w_odd >> 6) & 0xFFFFFF).to(tl.int32).to(tl.float32), 9.362675967850009e-08, -0.785398163397448310)
+    s, c = sincos_f(x, w_odd)
     return r * c, r * s
 
 
@@ -107,7 +126,7 @@ def noise_tile(seed, q, p, scale, sigma, MODE: tl.constexpr):
         z2, z3 = box_muller(c2, c3)
         n = tile4(z0, z1, z2, z3)
         if MODE == 2:
-            n = 1.0 + sigma * n
+            n = fma(n, sigma, 1.0)
     return n
 
 

@@ -87,7 +87,7 @@ namespace isa_default {
 #undef DG_ISA
 }  // namespace isa_default
 #pragma GCC push_options
-#pragma GCC target("avx2")
+#pragma GCC target("avx2,fma")
 namespace isa_avx2 {
 #define DG_ISA 1
 #include "kernels.inc"
@@ -103,7 +103,7 @@ namespace isa_avx512 {
 }  // namespace isa_avx512
 #pragma GCC pop_options
 
-// 0 baseline, 1 AVX2, 2 AVX-512 (F, BW, DQ, VL): the best this CPU runs, or DROPGRAD_CPU_ISA's
+// 0 baseline, 1 AVX2 with FMA, 2 AVX-512 (F, BW, DQ, VL; F includes FMA): the best this CPU runs, or DROPGRAD_CPU_ISA's
 // (default, avx2, avx512) if this CPU runs it; dg::set_cpu_isa changes it (the tests force each).
 int best_cpu_isa() {
   __builtin_cpu_init();
@@ -111,7 +111,7 @@ int best_cpu_isa() {
       __builtin_cpu_supports("avx512vl")) {
     return 2;
   }
-  return __builtin_cpu_supports("avx2") ? 1 : 0;
+  return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") ? 1 : 0;
 }
 
 constexpr const char* kIsaNames[] = {"default", "avx2", "avx512"};
