@@ -189,35 +189,42 @@ DG_HD float bernoulli(float p, float scale, uint32_t w) { return uniform(w) > p 
 
 DG_HD float gaussian(float sigma, float z) { return fma_f(sigma, z, 1.0f); }
 
-// Cephes expf, branch-free for vectorization: 0 below -87.3 and inf above 88 (where 2^n would
-// leave the normal range), like expf up to denormals.
+// exp(x) for x <= 0 (softplus' exp(-|z|)): Cephes expf in FMAs, branch-free for vectorization; 0
+// below -87.3, where 2^n would leave the normal range (expf gives denormals there).
 DG_HD float exp_f(float x0) {
-  float x = x0 < -87.3f ? -87.3f : x0;
-  x = x > 88.0f ? 88.0f : x;
+  const float x1 = x0 < -87.3f ? -87.3f : x0;
   // n = round(x / ln 2) by the 1.5 * 2^23 trick (no floor call, so the loop vectorizes).
-  const float n = (x * static_cast<float>(1.44269504088896341) + 12582912.0f) - 12582912.0f;
+  const float n = fma_f(x1, static_cast<float>(1.44269504088896341), 12582912.0f) - 12582912.0f;
   const int32_t i = static_cast<int32_t>(n);
-  x = x - n * 0.693359375f;
-  x = x - n * static_cast<float>(-2.12194440E-4);
+  float x = fma_f(n, -0.693359375f, x1);
+  x = fma_f(n, static_cast<float>(2.12194440E-4), x);
   const float z = x * x;
   float y = static_cast<float>(1.9875691500E-4);
-  y = y * x + static_cast<float>(1.3981999507E-3);
-  y = y * x + static_cast<float>(8.3334519073E-3);
-  y = y * x + static_cast<float>(4.1665795894E-2);
-  y = y * x + static_cast<float>(1.6666665459E-1);
-  y = y * x + static_cast<float>(5.0000001201E-1);
-  y = (y * z + x) + 1.0f;
+  y = fma_f(y, x, static_cast<float>(1.3981999507E-3));
+  y = fma_f(y, x, static_cast<float>(8.3334519073E-3));
+  y = fma_f(y, x, static_cast<float>(4.1665795894E-2));
+  y = fma_f(y, x, static_cast<float>(1.6666665459E-1));
+  y = fma_f(y, x, static_cast<float>(5.0000001201E-1));
+  y = fma_f(y, z, x) + 1.0f;
   y = y * bit_cast<float>(static_cast<uint32_t>(i + 127) << 23);
-  y = x0 < -87.3f ? 0.0f : y;
-  return x0 > 88.0f ? INFINITY : y;
+  return x0 < -87.3f ? 0.0f : y;
 }
 
-// log(1 + t) for t in [0, 1], accurate for tiny t (Goldberg: log(u) * t / (u - 1), u = 1 + t).
-DG_HD float log1p_f(float t) {
-  const float u = 1.0f + t;
-  const float d = u - 1.0f;
-  const float r = log_f(u) * (t / (d == 0.0f ? 1.0f : d));
-  return d == 0.0f ? t : r;
+// base + log(1 + e) for e in [0, 1], as e (1 + e Q(e)) + base in two FMAs: Q a degree-8 polynomial
+// fitted to (log1p(e)/e - 1)/e (Lawson-weighted least squares on Chebyshev nodes, float32
+// coefficients). With exp_f, softplus within 2 ulps of the exact one and of PyTorch's (measured
+// on a 2M-point grid of z in [-87, 25]); no log and no division.
+DG_HD float log1p_f(float e, float base) {
+  float y = -0.004518846981227398f;
+  y = fma_f(y, e, 0.02543756738305092f);
+  y = fma_f(y, e, -0.06711038947105408f);
+  y = fma_f(y, e, 0.11592266708612442f);
+  y = fma_f(y, e, -0.15862157940864563f);
+  y = fma_f(y, e, 0.19857926666736603f);
+  y = fma_f(y, e, -0.2498702108860016f);
+  y = fma_f(y, e, 0.3333286643028259f);
+  y = fma_f(y, e, -0.4999999701976776f);
+  return fma_f(e, fma_f(y, e, 1.0f), base);
 }
 
 // The four noise values of Philox counter q (elements 4q .. 4q+3 of the stream): the unit of work
@@ -266,7 +273,7 @@ DG_HD T softplus(T z) {
 DG_HD float softplus_exp(float z) { return exp_f(z < 0.0f ? z : -z); }
 
 DG_HD float softplus_from_exp(float z, float e) {
-  const float r = (z > 0.0f ? z : 0.0f) + log1p_f(e);
+  const float r = log1p_f(e, z > 0.0f ? z : 0.0f);
   return z > 20.0f ? z : r;
 }
 

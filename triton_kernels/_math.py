@@ -132,35 +132,35 @@ def noise_tile(seed, q, p, scale, sigma, MODE: tl.constexpr):
 
 @triton.jit
 def exp_f(x0):
-    x = tl.where(x0 < -87.3, -87.3, x0)
-    x = tl.where(x > 88.0, 88.0, x)
-    n = (x * 1.44269504088896341 + 12582912.0) - 12582912.0
+    """exp(x0) for x0 <= 0 (csrc/dropgrad_math.h:exp_f)."""
+    x1 = tl.where(x0 < -87.3, -87.3, x0)
+    n = fma(x1, 1.44269504088896341, 12582912.0) - 12582912.0
     i = n.to(tl.int32)
-    x = x - n * 0.693359375
-    x = x - n * -2.12194440e-4
+    x = fma(n, -0.693359375, x1)
+    x = fma(n, 2.12194440e-4, x)
     z = x * x
-    y = 1.9875691500e-4 * x + 1.3981999507e-3
-    y = y * x + 8.3334519073e-3
-    y = y * x + 4.1665795894e-2
-    y = y * x + 1.6666665459e-1
-    y = y * x + 5.0000001201e-1
-    y = (y * z + x) + 1.0
+    y = fma(x, 1.9875691500e-4, 1.3981999507e-3)
+    y = fma(y, x, 8.3334519073e-3)
+    y = fma(y, x, 4.1665795894e-2)
+    y = fma(y, x, 1.6666665459e-1)
+    y = fma(y, x, 5.0000001201e-1)
+    y = fma(y, z, x) + 1.0
     y = y * ((i + 127).to(tl.uint32) << 23).to(tl.float32, bitcast=True)
-    y = tl.where(x0 < -87.3, 0.0, y)
-    return tl.where(x0 > 88.0, float("inf"), y)
+    return tl.where(x0 < -87.3, 0.0, y)
 
 
 @triton.jit
-def log1p_of(t, u_log):
-    """log(1 + t) given log(1 + t rounded): Goldberg's correction, exact for tiny t."""
-    u = 1.0 + t
-    d = u - 1.0
-    d1 = tl.where(d == 0.0, 1.0, d)
-    if t.dtype == tl.float64:
-        r = u_log * (t / d1)  # float64 division is IEEE on every target
-    else:
-        r = u_log * tl.div_rn(t, d1)
-    return tl.where(d == 0.0, t, r)
+def log1p_f(e, base):
+    """base + log(1 + e), e in [0, 1] (csrc/dropgrad_math.h:log1p_f)."""
+    y = fma(e, -0.004518846981227398, 0.02543756738305092)
+    y = fma(y, e, -0.06711038947105408)
+    y = fma(y, e, 0.11592266708612442)
+    y = fma(y, e, -0.15862157940864563)
+    y = fma(y, e, 0.19857926666736603)
+    y = fma(y, e, -0.2498702108860016)
+    y = fma(y, e, 0.3333286643028259)
+    y = fma(y, e, -0.4999999701976776)
+    return fma(e, fma(y, e, 1.0), base)
 
 
 @triton.jit
@@ -168,11 +168,13 @@ def softplus(z):
     """PyTorch's softplus (threshold 20): the float32 polynomials, or exp/log in float64."""
     if z.dtype == tl.float64:
         t = tl.exp(z)
-        r = log1p_of(t, tl.log(1.0 + t))
+        u = 1.0 + t
+        d = u - 1.0
+        # log1p by Goldberg's correction, exact for tiny t (float64 division is IEEE on every target)
+        r = tl.where(d == 0.0, t, tl.log(u) * (t / tl.where(d == 0.0, 1.0, d)))
         return tl.where(z > 20.0, z, r)
     else:
-        t = exp_f(-tl.abs(z))
-        r = tl.where(z > 0.0, z, 0.0) + log1p_of(t, log_f(1.0 + t))
+        r = log1p_f(exp_f(-tl.abs(z)), tl.where(z > 0.0, z, 0.0))
         return tl.where(z > 20.0, z, r)
 
 
