@@ -228,16 +228,18 @@ DG_HD float log1p_f(float e, float base) {
 }
 
 // The four noise values of Philox counter q (elements 4q .. 4q+3 of the stream): the unit of work
-// of a CUDA thread.
+// of a CUDA thread. The mode M (not kNone) is a template argument: each kernel loop is built per
+// mode, so no loop pass tests it.
+template <int M>
 DG_HD void noise4(const NoiseParams& np, uint64_t q, const RoundKeys& ks, float n[4]) {
   uint32_t c[4];
   words4(q, ks, c);
-  if (np.mode == kBernoulli) {
+  if constexpr (M == kBernoulli) {
     for (int i = 0; i < 4; ++i) n[i] = bernoulli(np.p, np.scale, c[i]);
   } else {
     box_muller(c[0], c[1], &n[0], &n[1]);
     box_muller(c[2], c[3], &n[2], &n[3]);
-    if (np.mode == kGaussian) {
+    if constexpr (M == kGaussian) {
       for (int i = 0; i < 4; ++i) n[i] = gaussian(np.sigma, n[i]);
     }
   }

@@ -163,11 +163,29 @@ DG_HD void for_counters(int64_t n, bool vec, int64_t c0, int64_t c1, int64_t ste
   for (; j < c1; j += step) f(j, Quad<false>{4 * j, n});
 }
 
+// A noise mode as a type: the kernels' loops are instantiated per mode (with_mode), so no loop pass
+// tests the mode; on sm_90 the test, its branch and the reloaded constant cost about 2 instructions
+// an element, and a noiseless pass filled in ones that nothing read.
+template <int M>
+using ModeC = std::integral_constant<int, M>;
+
+// f(ModeC<mode>{}) for the stream's mode, one of the modes the op can run (Modes).
+template <int... Modes, typename F>
+DG_HD void with_mode(const dg::Stream& st, const F& f) {
+  ((st.np.mode == Modes ? (f(ModeC<Modes>{}), true) : false) || ...);
+}
+
+// The modes of the DropGrad ops (and the raw noise and logit_noise, which run the normal mode), and
+// of meta_dropout (noise or deterministic).
+#define DG_DROPGRAD_MODES dg::kNone, dg::kBernoulli, dg::kGaussian, dg::kNormal
+#define DG_META_MODES dg::kNone, dg::kNormal
+
+template <int M>
 DG_HD void noise_or_ones(const dg::Stream& st, uint64_t q, float n[4]) {
-  if (st.np.mode == dg::kNone) {
+  if constexpr (M == dg::kNone) {
     for (int k = 0; k < 4; ++k) n[k] = 1.0f;
   } else {
-    dg::noise4(st.np, q, st.keys, n);
+    dg::noise4<M>(st.np, q, st.keys, n);
   }
 }
 
@@ -188,12 +206,14 @@ DG_HD int64_t counters(int64_t n) { return (n + 3) / 4; }
 DG_HD int64_t first(const Idx& t) { return t.block * t.threads + t.thread; }
 DG_HD int64_t stride(const Idx& t) { return t.blocks * t.threads; }
 
-// body(stream, Philox counter, quad) for each counter of [0, ceil(n / 4)) this thread owns in a
-// grid-stride loop, on the stream of `rng` (see resolve).
-template <typename F>
+// body(stream, mode, Philox counter, quad) for each counter of [0, ceil(n / 4)) this thread owns in
+// a grid-stride loop, on the stream of `rng` (see resolve), the mode one of Modes as a ModeC.
+template <int... Modes, typename F>
 DG_HD void for_each_counter(const Idx& t, int64_t n, bool vec, const Rng& rng, int64_t q0, const F& body) {
   const dg::Stream st = resolve(rng, q0);
-  for_counters(n, vec, first(t), counters(n), stride(t), [&](int64_t j, const auto& e) { body(st, q0 + j, e); });
+  with_mode<Modes...>(st, [&](auto m) {
+    for_counters(n, vec, first(t), counters(n), stride(t), [&](int64_t j, const auto& e) { body(st, m, q0 + j, e); });
+  });
 }
 
 struct noise_kernel {
@@ -203,9 +223,9 @@ struct noise_kernel {
   int64_t q0;
   DG_HD void operator()(const Idx& t) const {
     const bool vec = aligned(out, 16);
-    for_each_counter(t, n, vec, rng, q0, [&](const dg::Stream& st, int64_t q, const auto& e) {
+    for_each_counter<DG_DROPGRAD_MODES>(t, n, vec, rng, q0, [&](const dg::Stream& st, auto m, int64_t q, const auto& e) {
       float z[4];
-      noise_or_ones(st, q, z);
+      noise_or_ones<m.value>(st, q, z);
       e.store(out, z);
     });
   }
@@ -221,10 +241,10 @@ struct drop_grad_kernel {
   DG_HD void operator()(const Idx& t) const {
     using A = typename Acc<T>::type;
     const bool vec = aligned(grad, 4 * sizeof(T)) && aligned(out, 4 * sizeof(T));
-    for_each_counter(t, n, vec, rng, q0, [&](const dg::Stream& st, int64_t q, const auto& e) {
+    for_each_counter<DG_DROPGRAD_MODES>(t, n, vec, rng, q0, [&](const dg::Stream& st, auto m, int64_t q, const auto& e) {
       float z[4];
       T g[4], o[4];
-      noise_or_ones(st, q, z);
+      noise_or_ones<m.value>(st, q, z);
       e.load(grad, g);
       for (int k = 0; k < 4; ++k) o[k] = from_acc<T, A>(to_acc(g[k]) * static_cast<A>(z[k]));
       e.store(out, o);
@@ -243,19 +263,21 @@ DG_HD void update_counters(const T* param, const T* grad, const LearningRate& lr
   const A lr_s = lr.lr_ptr ? *static_cast<const A*>(lr.lr_ptr) : static_cast<A>(lr.lr_value);
   const size_t b = 4 * sizeof(T);
   const bool vec = aligned(param, b) && aligned(grad, b) && aligned(out, b) && (!lr_vec || aligned(lr_vec, b));
-  for_counters(n, vec, c0, c1, step, [&](int64_t j, const auto& e) {
-    float z[4];
-    T w[4], g[4], l[4], o[4];
-    noise_or_ones(st, q0 + j, z);
-    e.load(param, w);
-    e.load(grad, g);
-    if (lr_vec) e.load(lr_vec, l);
-    for (int k = 0; k < 4; ++k) {
-      const A d = wd != A(0) ? to_acc(g[k]) + wd * to_acc(w[k]) : to_acc(g[k]);
-      const A gn = st.np.mode == dg::kNone ? d : d * static_cast<A>(z[k]);
-      o[k] = from_acc<T, A>(to_acc(w[k]) - (lr_vec ? to_acc(l[k]) : lr_s) * gn);
-    }
-    e.store(out, o);
+  with_mode<DG_DROPGRAD_MODES>(st, [&](auto m) {
+    for_counters(n, vec, c0, c1, step, [&](int64_t j, const auto& e) {
+      float z[4];
+      T w[4], g[4], l[4], o[4];
+      noise_or_ones<m.value>(st, q0 + j, z);
+      e.load(param, w);
+      e.load(grad, g);
+      if (lr_vec) e.load(lr_vec, l);
+      for (int k = 0; k < 4; ++k) {
+        const A d = wd != A(0) ? to_acc(g[k]) + wd * to_acc(w[k]) : to_acc(g[k]);
+        const A gn = m.value == dg::kNone ? d : d * static_cast<A>(z[k]);
+        o[k] = from_acc<T, A>(to_acc(w[k]) - (lr_vec ? to_acc(l[k]) : lr_s) * gn);
+      }
+      e.store(out, o);
+    });
   });
 }
 
@@ -301,11 +323,15 @@ struct dropgrad_step_kernel {
 
 // softplus's argument a + eps of counter q's four elements (eps = 0 when deterministic; the noise is
 // regenerated in backward, never saved).
-template <typename T, typename A>
+template <int M, typename T, typename A>
 DG_HD void meta_z(const dg::Stream& st, uint64_t q, const T a[4], A z[4]) {
-  float eps[4] = {0.0f, 0.0f, 0.0f, 0.0f};
-  if (st.np.mode != dg::kNone) dg::noise4(st.np, q, st.keys, eps);
-  for (int k = 0; k < 4; ++k) z[k] = st.np.mode != dg::kNone ? to_acc(a[k]) + static_cast<A>(eps[k]) : to_acc(a[k]);
+  if constexpr (M == dg::kNone) {
+    for (int k = 0; k < 4; ++k) z[k] = to_acc(a[k]);
+  } else {
+    float eps[4];
+    dg::noise4<M>(st.np, q, st.keys, eps);
+    for (int k = 0; k < 4; ++k) z[k] = to_acc(a[k]) + static_cast<A>(eps[k]);
+  }
 }
 
 template <typename T>
@@ -320,12 +346,12 @@ struct meta_dropout_kernel {
     using A = typename Acc<T>::type;
     const size_t b = 4 * sizeof(T);
     const bool vec = aligned(f, b) && aligned(a, b) && aligned(out, b);
-    for_each_counter(t, n, vec, rng, q0, [&](const dg::Stream& st, int64_t q, const auto& e) {
+    for_each_counter<DG_META_MODES>(t, n, vec, rng, q0, [&](const dg::Stream& st, auto m, int64_t q, const auto& e) {
       T fv[4], av[4], o[4];
       A z[4];
       e.load(f, fv);
       e.load(a, av);
-      meta_z(st, q, av, z);
+      meta_z<m.value>(st, q, av, z);
       for (int k = 0; k < 4; ++k) o[k] = from_acc<T, A>(to_acc(fv[k]) * dg::softplus(z[k]));
       e.store(out, o);
     });
@@ -346,13 +372,13 @@ struct meta_dropout_backward_kernel {
     using A = typename Acc<T>::type;
     const size_t b = 4 * sizeof(T);
     const bool vec = aligned(gout, b) && aligned(f, b) && aligned(a, b) && aligned(gf, b) && aligned(ga, b);
-    for_each_counter(t, n, vec, rng, q0, [&](const dg::Stream& st, int64_t q, const auto& e) {
+    for_each_counter<DG_META_MODES>(t, n, vec, rng, q0, [&](const dg::Stream& st, auto m, int64_t q, const auto& e) {
       T gv[4], fv[4], av[4], o1[4], o2[4];
       A z[4];
       e.load(gout, gv);
       e.load(f, fv);
       e.load(a, av);
-      meta_z(st, q, av, z);
+      meta_z<m.value>(st, q, av, z);
       for (int k = 0; k < 4; ++k) {
         o1[k] = from_acc<T, A>(to_acc(gv[k]) * dg::softplus(z[k]));
         o2[k] = from_acc<T, A>((to_acc(gv[k]) * to_acc(fv[k])) * dg::softplus_grad(z[k]));
@@ -381,7 +407,7 @@ struct meta_dropout_double_backward_kernel {
     const size_t b = 4 * sizeof(T);
     const bool vec = aligned(ggf, b) && aligned(gga, b) && aligned(gout, b) && aligned(f, b) && aligned(a, b) &&
                      aligned(d_gout, b) && aligned(d_f, b) && aligned(d_a, b);
-    for_each_counter(t, n, vec, rng, q0, [&](const dg::Stream& st, int64_t q, const auto& e) {
+    for_each_counter<DG_META_MODES>(t, n, vec, rng, q0, [&](const dg::Stream& st, auto m, int64_t q, const auto& e) {
       T v0[4], v1[4], v2[4], fv[4], av[4], o0[4], o1[4], o2[4];
       A z[4];
       e.load(ggf, v0);
@@ -389,7 +415,7 @@ struct meta_dropout_double_backward_kernel {
       e.load(gout, v2);
       e.load(f, fv);
       e.load(a, av);
-      meta_z(st, q, av, z);
+      meta_z<m.value>(st, q, av, z);
       for (int k = 0; k < 4; ++k) {
         A r0, r1, r2;
         dg::meta_dropout_double_backward(to_acc(v0[k]), to_acc(v1[k]), to_acc(v2[k]), to_acc(fv[k]),
