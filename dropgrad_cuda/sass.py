@@ -9,7 +9,7 @@ The method (docs/gpu.md, "Compute bound from the SASS"):
   has one such loop for aligned pointers and one for others; the aligned one is counted (the
   loop whose path stores its bytes in the fewest memory instructions). A Triton
   program has no loop: its path from entry to exit handles ROWS * 4 / (32 * NUM_WARPS) elements
-  a thread.
+  a thread (STEP_ROWS for the step's kernel).
 - Within that body, branches are uniform choices (noise mode, weight decay, the lr form);
   the path counted is the one with the fewest memory instructions and, among those, the most
   arithmetic: 16-byte vector accesses with the noisy mode's arithmetic (and the optional weight
@@ -219,8 +219,8 @@ def triton_kernels(fp_fusion=False):
     from .triton_kernels import configs as triton_configs, kernels as K
 
     configs = {name: c for name, *c in triton_configs.configurations()}
-    per_thread = K.ROWS * 4 / (32 * K.NUM_WARPS)
-    return {(f"sm_{arch}", op): triton_counts(*configs[name], arch, K.NUM_WARPS, per_thread, fp_fusion)
+    per_thread = lambda fn: (K.STEP_ROWS if fn is K.step_kernel else K.ROWS) * 4 / (32 * K.NUM_WARPS)  # noqa: E731
+    return {(f"sm_{arch}", op): triton_counts(*configs[name], arch, K.NUM_WARPS, per_thread(configs[name][0]), fp_fusion)
             for arch in (80, 90) for op, name in triton_configs.predicted().items()}
 
 

@@ -19,6 +19,11 @@ from ._math import cast_out, noise_tile, philox, softplus, softplus_grad, softpl
 
 ROWS = 256
 ROWS_C = tl.constexpr(ROWS)
+# The step's programs cover twice as many: each first reads its tensor's row of the table (ten
+# loads a thread, and the index arithmetic), which 16 elements a thread share better than 8
+# (sm_90, counted: 60.1 -> 55.8 instructions an element).
+STEP_ROWS = 512
+STEP_ROWS_C = tl.constexpr(STEP_ROWS)
 NUM_WARPS = 4
 RUNTIME = ["seed", "q0", "p", "scale", "sigma"]
 
@@ -141,7 +146,7 @@ def step_kernel(table_ptr, block_tensor_ptr, state_ptr, wd_ptr, seed, p, scale, 
     row = table_ptr + tl.load(block_tensor_ptr + pid).to(tl.int64) * TABLE_COLS
     n = tl.load(row + NUMEL)
     local = pid - tl.load(row + FIRST_BLOCK)
-    rows = local * ROWS_C + tl.arange(0, ROWS_C).to(tl.int64)
+    rows = local * STEP_ROWS_C + tl.arange(0, STEP_ROWS_C).to(tl.int64)
     idx = rows[:, None] * 4 + tl.arange(0, 4)[None, :].to(tl.int64)
     # The noise first, before any tile is loaded, and kept in float32 until used: fewer live
     # registers (no spills on sm_90 in float64).
@@ -151,7 +156,7 @@ def step_kernel(table_ptr, block_tensor_ptr, state_ptr, wd_ptr, seed, p, scale, 
         nz = noise_tile(seed, q0 + rows, p, scale, sigma, MODE)
     # A row's tiles are whole but its last; the tensors of a list are whole, aligned tensors but for
     # odd views and batches of odd sizes.
-    if ((local + 1) * (ROWS_C * 4) <= n) & (tl.load(row + ALIGNED) != 0):
+    if ((local + 1) * (STEP_ROWS_C * 4) <= n) & (tl.load(row + ALIGNED) != 0):
         _step_tile(row, idx, n, nz, wd_ptr, MODE, DTYPE, ACC, HAS_WD, True)
     else:
         _step_tile(row, idx, n, nz, wd_ptr, MODE, DTYPE, ACC, HAS_WD, False)

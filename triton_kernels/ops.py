@@ -132,7 +132,7 @@ def _step(params, grads, lrs, lr, weight_decay, p, mode, seed, offset, rng_state
                 vectors = ("param", "grad", "out", "lr") if full else ("param", "grad", "out")
                 cells["aligned"] = int(all(cells[c] % 16 == 0 for c in vectors))
                 table.append([cells[c] for c in K.TABLE_COLUMNS])
-                blocks.append(_grid(n)[0])
+                blocks.append(triton.cdiv(n, 4 * K.STEP_ROWS))
                 first += blocks[-1]
         device = ws[ks[0]].device
         table = torch.tensor(table, dtype=torch.int64).to(device, non_blocking=True)
