@@ -109,23 +109,19 @@ def report():
     cuda = sass.cuda_kernels()
     ours_cuda = {op: sass.fused_float32(cuda, op) for op in COMPILED}
     ours_triton = sass.triton_kernels()
-    fused_triton = sass.triton_kernels(fp_fusion=True)
     compiled = {f"sm_{a}": compiled_counts(a) for a in (80, 90)}
     total = lambda c: sum(c.values())  # noqa: E731
     lines = ["Instructions a thread executes per element (float32; Gaussian noise for the DropGrad ops), "
-             "counted from the SASS; the ratio is ours over torch.compile's (target: at most 0.80). The last two "
-             "columns are our Triton kernels compiled with FP fusion on, every contractible multiply-add an FMA: "
-             "what a noise contract with FMAs would cost, not what runs.", "",
+             "counted from the SASS; the ratio is ours over torch.compile's (target: at most 0.80).", "",
              "| op | arch | torch.compile (its FP32) | ours, CUDA (its FP32) | CUDA / compile "
-             "| ours, Triton (its FP32) | Triton / compile | Triton with FMAs (its FP32) | with FMAs / compile |",
-             "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+             "| ours, Triton (its FP32) | Triton / compile |",
+             "| --- | --- | ---: | ---: | ---: | ---: | ---: |"]
     for op in COMPILED:
         for arch in ("sm_80", "sm_90"):
             c, u = compiled[arch][op], ours_cuda[op][arch]
-            t, f = ours_triton[(arch, op)], fused_triton[(arch, op)]
+            t = ours_triton[(arch, op)]
             lines.append(f"| {op} | {arch} | {total(c):.1f} ({c['fp32']:.1f}) | {total(u):.1f} ({u['fp32']:.1f}) | "
-                         f"{total(u) / total(c):.2f} | {total(t):.1f} ({t['fp32']:.1f}) | {total(t) / total(c):.2f} | "
-                         f"{total(f):.1f} ({f['fp32']:.1f}) | {total(f) / total(c):.2f} |")
+                         f"{total(u) / total(c):.2f} | {total(t):.1f} ({t['fp32']:.1f}) | {total(t) / total(c):.2f} |")
     lines += ["", "Predicted, not measured (dropgrad_cuda/sass.py's model): the bound and the share of the memory "
               "roofline of each, at the bytes the fused op moves.", "",
               "| op | bytes/element | " + " | ".join(f"{g} {b}" for g in sass.GPUS for b in ("compile", "CUDA", "Triton"))

@@ -6,12 +6,13 @@ The method (docs/gpu.md, "Compute bound from the SASS"):
   ahead-of-time compile produces (triton_kernels/aot.py) for the float32 noisy configurations.
 - The steady state of a CUDA kernel is its grid-stride loop (the backward branch whose body
   stores to global memory); one iteration handles one Philox counter, four elements. A kernel
-  has one such loop for aligned pointers and one for others; the aligned one is counted (the
-  loop whose path stores its bytes in the fewest memory instructions). A Triton
+  has such loops for aligned pointers and for others, one of each per noise mode; the aligned one
+  with the noisy mode's arithmetic is counted (the loop whose path moves its bytes in the fewest
+  global loads and stores and, among those, has the most arithmetic). A Triton
   program has no loop: its path from entry to exit handles ROWS * 4 / (32 * NUM_WARPS) elements
   a thread (STEP_ROWS for the step's kernel).
 - Within that body, branches are uniform choices (noise mode, weight decay, the lr form);
-  the path counted is the one with the fewest memory instructions and, among those, the most
+  the path counted is the one with the fewest global loads and stores and, among those, the most
   arithmetic: 16-byte vector accesses with the noisy mode's arithmetic (and the optional weight
   decay), the steady state of a large aligned tensor. Inner backward branches and called slow paths (CALL) count once. The
   elements a path handles are its stored bytes over the kernel's outputs and element size.
@@ -75,6 +76,9 @@ def parse(text):
 
 
 STORE_BYTES = "bytes stored"  # along the path, to tell how many elements it handles
+# Global loads and stores along the path: what tells vector from scalar access paths. Not all
+# memory instructions: a loop that reloads a kernel parameter (LDC) is no less vectorized.
+GLOBAL = "global accesses"
 
 
 def _store_bytes(op):
@@ -105,13 +109,13 @@ def path_counts(ins, loop=True):
     paths = [c for c in paths if c and c[STORE_BYTES]]
     if not paths:
         return None
-    return min(paths, key=lambda c: (c["memory"] / c[STORE_BYTES],
+    return min(paths, key=lambda c: (c[GLOBAL] / c[STORE_BYTES],
                                      -sum(c[k] for k in ARITHMETIC) / c[STORE_BYTES]))
 
 
 def _best_path(ins, index, lo, hi, loop):
     """path_counts' path through instructions lo..hi (a loop body when `loop`)."""
-    # best[i]: (-memory, arithmetic, counts) of the best path from lo reaching instruction i.
+    # best[i]: (-global accesses, arithmetic, counts) of the best path from lo reaching instruction i.
     best = {lo: (0, 0, Counter())}
     end = None
     for i in range(lo, hi + 1):
@@ -120,8 +124,9 @@ def _best_path(ins, index, lo, hi, loop):
         mem, arith, counts = best[i]
         _, pred, op, operands = ins[i]
         cls = _CLASS_OF.get(op.split(".")[0], "other int/logic")
-        counts = counts + Counter({cls: 1, STORE_BYTES: _store_bytes(op)})
-        state = (mem - (cls == "memory"), arith + (cls in ARITHMETIC), counts)
+        is_global = op.startswith(("LDG", "STG"))
+        counts = counts + Counter({cls: 1, STORE_BYTES: _store_bytes(op), GLOBAL: int(is_global)})
+        state = (mem - is_global, arith + (cls in ARITHMETIC), counts)
         nexts = []
         if op.startswith("BRA"):
             t = _target(operands)
@@ -211,16 +216,15 @@ def triton_counts(fn, sig, constexprs, arch, num_warps, per_thread, fp_fusion=Fa
     return _per_element(path_counts(ins, loop=False), per_thread)
 
 
-def triton_kernels(fp_fusion=False):
+def triton_kernels():
     """{(arch, op): per-element class counts} of our Triton kernels, each fused op's predicted
-    configuration (triton_kernels/configs.py, predicted()). They launch without FP fusion (the
-    contract rounds every product); with `fp_fusion` the counts are those of the same kernels with
-    every contractible multiply-add fused, what a contract with FMAs would cost."""
+    configuration (triton_kernels/configs.py, predicted()), compiled as they launch: without FP
+    fusion (the contract's FMAs are explicit)."""
     from .triton_kernels import configs as triton_configs, kernels as K
 
     configs = {name: c for name, *c in triton_configs.configurations()}
     per_thread = lambda fn: (K.STEP_ROWS if fn is K.step_kernel else K.ROWS) * 4 / (32 * K.NUM_WARPS)  # noqa: E731
-    return {(f"sm_{arch}", op): triton_counts(*configs[name], arch, K.NUM_WARPS, per_thread(configs[name][0]), fp_fusion)
+    return {(f"sm_{arch}", op): triton_counts(*configs[name], arch, K.NUM_WARPS, per_thread(configs[name][0]))
             for arch in (80, 90) for op, name in triton_configs.predicted().items()}
 
 
