@@ -27,7 +27,7 @@ CXX_FLAGS = ["-O3", "-g0", "-ffp-contract=off", "-fno-math-errno", "-fno-trappin
              "-idirafter", os.path.join(os.path.dirname(os.path.abspath(__file__)), "csrc", "compat")]
 # -g0 undoes the -g of Python's own CFLAGS: debug information for torch's templates was 60% of the
 # build's time (and 97% of an object's size); -ffp-contract=off keeps results bit-equal to the
-# reference; the next two only let GCC vectorize; csrc/compat stands in for a header torch's
+# reference (the contract's FMAs are explicit); the next two only let GCC vectorize; csrc/compat stands in for a header torch's
 # functorch headers include but do not ship.
 
 
@@ -97,7 +97,8 @@ def extension():
             sources + cuda_sources,
             extra_compile_args={
                 "cxx": cxx_flags,
-                # --fmad=false: no FMA contraction, so the GPU follows the contract's operation order.
+                # --fmad=false: no FMA contraction but the contract's explicit ones (__fmaf_rn), so the
+                # GPU follows the contract's operation order.
                 "nvcc": ["-O3", "--fmad=false"],
             },
             extra_link_args=["-fopenmp"],

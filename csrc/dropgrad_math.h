@@ -77,17 +77,35 @@ DG_HD To bit_cast(From v) {
 
 // a * b + c rounded once (IEEE fusedMultiplyAdd): the contract's multiply-adds, at fixed places,
 // so every backend computes the same: an FFMA on a GPU, a vfmadd in the CPU kernels' AVX2 and
-// AVX-512 builds, libm's correctly rounded fmaf elsewhere (the baseline ISA and the emulator).
+// AVX-512 builds. Soft: the CPU kernels' baseline build, for CPUs without an FMA instruction,
+// where __builtin_fmaf is a call to libm (one per FMA, no vectorization: 6x slower, measured):
+// the reference's exact form instead, inline. The product is exact in double, TwoSum gives the
+// sum's rounding error, and the sum rounded to odd (an inexact sum with an even last bit moves one
+// ulp toward the exact value) rounds to float as the exact value would (Boldo and Melquiond).
+// Every function below that takes Soft passes it on; only the baseline build sets it.
+template <bool Soft = false>
 DG_HD float fma_f(float a, float b, float c) {
 #if defined(__CUDA_ARCH__)
   return __fmaf_rn(a, b, c);
 #else
-  return __builtin_fmaf(a, b, c);
+  if constexpr (Soft) {
+    const double p = static_cast<double>(a) * static_cast<double>(b);
+    const double cd = c;
+    const double s = p + cd;
+    const double bb = s - p;
+    const double err = (p - (s - bb)) + (cd - bb);
+    const uint64_t bits = bit_cast<uint64_t>(s);
+    const uint64_t toward = (err > 0.0) == (s > 0.0) ? 1u : ~uint64_t{0};  // +1 or -1 in magnitude
+    return static_cast<float>(bit_cast<double>(bits + (err != 0.0 && (bits & 1u) == 0 ? toward : 0u)));
+  } else {
+    return __builtin_fmaf(a, b, c);
+  }
 #endif
 }
 
 // Cephes logf for normal positive x, its polynomial by Horner's rule in FMAs, branch-free so loops
 // of it vectorize. Part of the contract: libm's logf differs between platforms, this does not.
+template <bool Soft = false>
 DG_HD float log_f(float x) {
   const uint32_t b = bit_cast<uint32_t>(x);
   // x = m * 2^e with m in [sqrt(1/2), sqrt(2)): s = 1 when the mantissa is below sqrt(1/2)'s, and
@@ -98,45 +116,49 @@ DG_HD float log_f(float x) {
   const float m = bit_cast<float>(((b & 0x807fffffu) | 0x3f000000u) + (s << 23)) - 1.0f;
   const float z = m * m;
   float y = static_cast<float>(7.0376836292E-2);
-  y = fma_f(y, m, static_cast<float>(-1.1514610310E-1));
-  y = fma_f(y, m, static_cast<float>(1.1676998740E-1));
-  y = fma_f(y, m, static_cast<float>(-1.2420140846E-1));
-  y = fma_f(y, m, static_cast<float>(1.4249322787E-1));
-  y = fma_f(y, m, static_cast<float>(-1.6668057665E-1));
-  y = fma_f(y, m, static_cast<float>(2.0000714765E-1));
-  y = fma_f(y, m, static_cast<float>(-2.4999993993E-1));
-  y = fma_f(y, m, static_cast<float>(3.3333331174E-1));
+  y = fma_f<Soft>(y, m, static_cast<float>(-1.1514610310E-1));
+  y = fma_f<Soft>(y, m, static_cast<float>(1.1676998740E-1));
+  y = fma_f<Soft>(y, m, static_cast<float>(-1.2420140846E-1));
+  y = fma_f<Soft>(y, m, static_cast<float>(1.4249322787E-1));
+  y = fma_f<Soft>(y, m, static_cast<float>(-1.6668057665E-1));
+  y = fma_f<Soft>(y, m, static_cast<float>(2.0000714765E-1));
+  y = fma_f<Soft>(y, m, static_cast<float>(-2.4999993993E-1));
+  y = fma_f<Soft>(y, m, static_cast<float>(3.3333331174E-1));
   y = (y * m) * z;
-  y = fma_f(e, static_cast<float>(-2.12194440E-4), y);
-  y = fma_f(z, -0.5f, y);
-  return fma_f(e, 0.693359375f, m + y);
+  y = fma_f<Soft>(e, static_cast<float>(-2.12194440E-4), y);
+  y = fma_f<Soft>(z, -0.5f, y);
+  return fma_f<Soft>(e, 0.693359375f, m + y);
 }
 
 // Box-Muller's radius sqrt(-2 ln u) from the even word: u = (w >> 9) 2^-23 + 2^-24, exact and in
 // [2^-24, 1 - 2^-24], so it needs no clamp (|z| <= sqrt(48 ln 2) = 5.77).
+template <bool Soft = false>
 DG_HD float box_muller_radius(uint32_t w_even) {
-  const float u = fma_f(static_cast<float>(static_cast<int32_t>(w_even >> 9)), 0x1p-23f, 0x1p-24f);
-  return sqrtf(log_f(u) * -2.0f);
+  const float u = fma_f<Soft>(static_cast<float>(static_cast<int32_t>(w_even >> 9)), 0x1p-23f, 0x1p-24f);
+  return sqrtf(log_f<Soft>(u) * -2.0f);
 }
 
 // Box-Muller's angle from the odd word: its top two bits are the quadrant q and its next 24 the
 // position x in [-pi/4, pi/4) within it, so theta = q pi/2 + x is uniform on a turn with no range
 // reduction. This returns x, exact but for the last rounding.
+template <bool Soft = false>
 DG_HD float box_muller_angle(uint32_t w_odd) {
-  return fma_f(static_cast<float>(static_cast<int32_t>((w_odd >> 6) & 0xffffffu)), static_cast<float>(1.57079632679489662 / 16777216.0),
-               static_cast<float>(-0.785398163397448310));
+  const float t = static_cast<float>(static_cast<int32_t>((w_odd >> 6) & 0xffffffu));
+  return fma_f<Soft>(t, static_cast<float>(1.57079632679489662 / 16777216.0),
+                     static_cast<float>(-0.785398163397448310));
 }
 
 // sin and cos of theta = q pi/2 + x (x from box_muller_angle, q the word's top bits): Cephes' sinf
 // and cosf polynomials for |x| <= pi/4 in FMAs, rotated by the quadrant (a swap and sign flips).
+template <bool Soft = false>
 DG_HD void sincos_f(float x, uint32_t w_odd, float* s, float* c) {
   const float z = x * x;
-  float ps = fma_f(static_cast<float>(-1.9515295891E-4), z, static_cast<float>(8.3321608736E-3));
-  ps = fma_f(ps, z, static_cast<float>(-1.6666654611E-1));
-  const float sy = fma_f(x * z, ps, x);
-  float pc = fma_f(static_cast<float>(2.443315711809948E-5), z, static_cast<float>(-1.388731625493765E-3));
-  pc = fma_f(pc, z, static_cast<float>(4.166664568298827E-2));
-  const float cy = fma_f(z * z, pc, fma_f(z, -0.5f, 1.0f));
+  float ps = fma_f<Soft>(static_cast<float>(-1.9515295891E-4), z, static_cast<float>(8.3321608736E-3));
+  ps = fma_f<Soft>(ps, z, static_cast<float>(-1.6666654611E-1));
+  const float sy = fma_f<Soft>(x * z, ps, x);
+  float pc = fma_f<Soft>(static_cast<float>(2.443315711809948E-5), z, static_cast<float>(-1.388731625493765E-3));
+  pc = fma_f<Soft>(pc, z, static_cast<float>(4.166664568298827E-2));
+  const float cy = fma_f<Soft>(z * z, pc, fma_f<Soft>(z, -0.5f, 1.0f));
   // q = 1, 3 swap sin and cos; sin is negative for q = 2, 3 (bit 31), cos for q = 1, 2 (bits 31 ^ 30).
   const bool swap = (w_odd >> 30) & 1u;
   const float sv = swap ? cy : sy;
@@ -187,25 +209,27 @@ DG_HD void words4(uint64_t q, const RoundKeys& ks, uint32_t c[4]) {
 // Per-element noise, word to value.
 DG_HD float bernoulli(float p, float scale, uint32_t w) { return uniform(w) > p ? scale : 0.0f; }
 
-DG_HD float gaussian(float sigma, float z) { return fma_f(sigma, z, 1.0f); }
+template <bool Soft = false>
+DG_HD float gaussian(float sigma, float z) { return fma_f<Soft>(sigma, z, 1.0f); }
 
 // exp(x) for x <= 0 (softplus' exp(-|z|)): Cephes expf in FMAs, branch-free for vectorization; 0
 // below -87.3, where 2^n would leave the normal range (expf gives denormals there).
+template <bool Soft = false>
 DG_HD float exp_f(float x0) {
   const float x1 = x0 < -87.3f ? -87.3f : x0;
   // n = round(x / ln 2) by the 1.5 * 2^23 trick (no floor call, so the loop vectorizes).
-  const float n = fma_f(x1, static_cast<float>(1.44269504088896341), 12582912.0f) - 12582912.0f;
+  const float n = fma_f<Soft>(x1, static_cast<float>(1.44269504088896341), 12582912.0f) - 12582912.0f;
   const int32_t i = static_cast<int32_t>(n);
-  float x = fma_f(n, -0.693359375f, x1);
-  x = fma_f(n, static_cast<float>(2.12194440E-4), x);
+  float x = fma_f<Soft>(n, -0.693359375f, x1);
+  x = fma_f<Soft>(n, static_cast<float>(2.12194440E-4), x);
   const float z = x * x;
   float y = static_cast<float>(1.9875691500E-4);
-  y = fma_f(y, x, static_cast<float>(1.3981999507E-3));
-  y = fma_f(y, x, static_cast<float>(8.3334519073E-3));
-  y = fma_f(y, x, static_cast<float>(4.1665795894E-2));
-  y = fma_f(y, x, static_cast<float>(1.6666665459E-1));
-  y = fma_f(y, x, static_cast<float>(5.0000001201E-1));
-  y = fma_f(y, z, x) + 1.0f;
+  y = fma_f<Soft>(y, x, static_cast<float>(1.3981999507E-3));
+  y = fma_f<Soft>(y, x, static_cast<float>(8.3334519073E-3));
+  y = fma_f<Soft>(y, x, static_cast<float>(4.1665795894E-2));
+  y = fma_f<Soft>(y, x, static_cast<float>(1.6666665459E-1));
+  y = fma_f<Soft>(y, x, static_cast<float>(5.0000001201E-1));
+  y = fma_f<Soft>(y, z, x) + 1.0f;
   y = y * bit_cast<float>(static_cast<uint32_t>(i + 127) << 23);
   return x0 < -87.3f ? 0.0f : y;
 }
@@ -214,17 +238,18 @@ DG_HD float exp_f(float x0) {
 // fitted to (log1p(e)/e - 1)/e (Lawson-weighted least squares on Chebyshev nodes, float32
 // coefficients). With exp_f, softplus within 2 ulps of the exact one and of PyTorch's (measured
 // on a 2M-point grid of z in [-87, 25]); no log and no division.
+template <bool Soft = false>
 DG_HD float log1p_f(float e, float base) {
   float y = -0.004518846981227398f;
-  y = fma_f(y, e, 0.02543756738305092f);
-  y = fma_f(y, e, -0.06711038947105408f);
-  y = fma_f(y, e, 0.11592266708612442f);
-  y = fma_f(y, e, -0.15862157940864563f);
-  y = fma_f(y, e, 0.19857926666736603f);
-  y = fma_f(y, e, -0.2498702108860016f);
-  y = fma_f(y, e, 0.3333286643028259f);
-  y = fma_f(y, e, -0.4999999701976776f);
-  return fma_f(e, fma_f(y, e, 1.0f), base);
+  y = fma_f<Soft>(y, e, 0.02543756738305092f);
+  y = fma_f<Soft>(y, e, -0.06711038947105408f);
+  y = fma_f<Soft>(y, e, 0.11592266708612442f);
+  y = fma_f<Soft>(y, e, -0.15862157940864563f);
+  y = fma_f<Soft>(y, e, 0.19857926666736603f);
+  y = fma_f<Soft>(y, e, -0.2498702108860016f);
+  y = fma_f<Soft>(y, e, 0.3333286643028259f);
+  y = fma_f<Soft>(y, e, -0.4999999701976776f);
+  return fma_f<Soft>(e, fma_f<Soft>(y, e, 1.0f), base);
 }
 
 // The four noise values of Philox counter q (elements 4q .. 4q+3 of the stream): the unit of work
@@ -272,10 +297,12 @@ DG_HD T softplus(T z) {
 
 // softplus<float> in two steps, so CPU loops can run them as separate passes: one loop with both
 // polynomials outgrows AVX2's 16 registers and runs 2x slower (measured). Same operations.
-DG_HD float softplus_exp(float z) { return exp_f(z < 0.0f ? z : -z); }
+template <bool Soft = false>
+DG_HD float softplus_exp(float z) { return exp_f<Soft>(z < 0.0f ? z : -z); }
 
+template <bool Soft = false>
 DG_HD float softplus_from_exp(float z, float e) {
-  const float r = log1p_f(e, z > 0.0f ? z : 0.0f);
+  const float r = log1p_f<Soft>(e, z > 0.0f ? z : 0.0f);
   return z > 20.0f ? z : r;
 }
 

@@ -78,7 +78,8 @@ def fma(a, b, c):
 
 
 def log_f(x):
-    """Cephes logf, its polynomial by Horner's rule in FMAs (csrc/dropgrad_math.h:log_f), for positive normal float32 x."""
+    """Cephes logf, its polynomial by Horner's rule in FMAs (csrc/dropgrad_math.h:log_f), for
+    positive normal float32 x."""
     b = x.view(torch.int32).to(torch.int64) & _M32
     e = (((b >> 23) & 0xFF) - 126).to(torch.float32)
     m = ((b & 0x807FFFFF) | 0x3F000000).to(torch.int32).view(torch.float32)
@@ -119,7 +120,8 @@ def sincos_f(x, w_odd):
     cy = fma(z * z, pc, fma(z, _f32(-0.5), _f32(1.0)))
     swap = ((w_odd >> 30) & 1) == 1
     sv, cv = torch.where(swap, cy, sy), torch.where(swap, sy, cy)
-    return torch.where(((w_odd >> 31) & 1) == 1, -sv, sv), torch.where((((w_odd >> 31) ^ (w_odd >> 30)) & 1) == 1, -cv, cv)
+    s_neg, c_neg = ((w_odd >> 31) & 1) == 1, (((w_odd >> 31) ^ (w_odd >> 30)) & 1) == 1
+    return torch.where(s_neg, -sv, sv), torch.where(c_neg, -cv, cv)
 
 
 def box_muller(w_even, w_odd):

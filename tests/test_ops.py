@@ -1,8 +1,8 @@
 """Each op of each backend against the reference, over dtypes, shapes, layouts and lr forms.
 
 Tolerances: DropGrad ops are exact on every CPU backend (the same float32/float64 operations in
-the same order, no FMA contraction). The GPU builds turn contraction off too (--fmad=false,
-enable_fp_fusion=False) and use the same polynomials, so they should be exact as well; until a GPU
+the same order, FMAs only where the contract has them). The GPU builds turn contraction off too
+(--fmad=false, enable_fp_fusion=False) and use the same polynomials, so they should be exact as well; until a GPU
 has shown it, GPU rows get 2 ulps of the output dtype. meta_dropout's reference computes softplus
 with ATen's exp/log1p (and float64 kernels call libm, or numpy under Triton's interpreter), whose
 last bits depend on the library and its SIMD path: 4 ulps, and where a result is a sum of terms,

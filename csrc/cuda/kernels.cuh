@@ -223,7 +223,8 @@ struct noise_kernel {
   int64_t q0;
   DG_HD void operator()(const Idx& t) const {
     const bool vec = aligned(out, 16);
-    for_each_counter<DG_DROPGRAD_MODES>(t, n, vec, rng, q0, [&](const dg::Stream& st, auto m, int64_t q, const auto& e) {
+    for_each_counter<DG_DROPGRAD_MODES>(t, n, vec, rng, q0, [&](const dg::Stream& st, auto m, int64_t q,
+                                                                 const auto& e) {
       float z[4];
       noise_or_ones<m.value>(st, q, z);
       e.store(out, z);
@@ -241,7 +242,8 @@ struct drop_grad_kernel {
   DG_HD void operator()(const Idx& t) const {
     using A = typename Acc<T>::type;
     const bool vec = aligned(grad, 4 * sizeof(T)) && aligned(out, 4 * sizeof(T));
-    for_each_counter<DG_DROPGRAD_MODES>(t, n, vec, rng, q0, [&](const dg::Stream& st, auto m, int64_t q, const auto& e) {
+    for_each_counter<DG_DROPGRAD_MODES>(t, n, vec, rng, q0, [&](const dg::Stream& st, auto m, int64_t q,
+                                                                 const auto& e) {
       float z[4];
       T g[4], o[4];
       noise_or_ones<m.value>(st, q, z);
