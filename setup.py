@@ -112,7 +112,7 @@ def extension():
 
 setup(
     name="dropgrad_cuda",
-    version="0.1.0",
+    version="0.2.0",
     description="Fused, exactly reproducible kernels for DropGrad, Meta-Dropout and CML meta-learning",
     # Every subpackage (integrations, examples); the Triton sources install inside dropgrad_cuda.
     packages=find_packages(include=["dropgrad_cuda", "dropgrad_cuda.*"]) + ["dropgrad_cuda.triton_kernels"],
