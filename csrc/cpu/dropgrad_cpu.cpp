@@ -75,6 +75,7 @@ struct StepItem {
   double lr;
   void* out;
   int64_t numel;
+  int64_t element_size;
   int64_t offset;
   void (*run)(const StepItem&, double weight_decay, int64_t begin, int64_t n, const float* noise);
 };
@@ -132,16 +133,40 @@ std::atomic<int>& cpu_isa_level() {
    : cpu_isa_level().load(std::memory_order_relaxed) == 1 ? &isa_avx2::fn   \
                                                           : &isa_default::fn)
 
-// Calls body(begin, n, noise) over [0, numel) in kBlock pieces, in parallel. `offset` is the
-// stream position of element 0.
+// A tensor a block's body reads: its data and element size (prefetch_block).
+struct Operand {
+  const void* data;
+  int64_t element_size;
+};
+
+Operand operand(const at::Tensor& t) { return {t.data_ptr(), t.element_size()}; }
+
+// Requests elements [begin, begin + n) of each operand into the cache before the block's noise is
+// made: the noise is compute and the block's loads are memory, and the hardware prefetchers do
+// not fetch ahead across the compute; with the requests in flight the two overlap. Measured (AMD
+// EPYC Zen 4, AVX-512, 2 threads, builds alternated): the in-place Gaussian step at 16M 7.4-7.8 ->
+// 6.0 ms (1.5x -> 1.2x a copy of its bytes), the noiseless one 4.7 -> 3.5-3.7 ms, meta_dropout's
+// forward at 11M 21.5-22.1 -> 17.8 ms.
+void prefetch_block(std::initializer_list<Operand> ops, int64_t begin, int64_t n) {
+  for (const Operand& o : ops) {
+    if (o.data == nullptr) continue;
+    const char* p = static_cast<const char*>(o.data) + begin * o.element_size;
+    for (int64_t i = 0; i < n * o.element_size; i += 64) __builtin_prefetch(p + i);
+  }
+}
+
+// Calls body(begin, n, noise) over [0, numel) in kBlock pieces, in parallel, each block's `reads`
+// prefetched first. `offset` is the stream position of element 0.
 template <typename Body>
-void for_each_block(int64_t numel, int64_t offset, const Stream& st, const Body& body) {
+void for_each_block(int64_t numel, int64_t offset, const Stream& st, std::initializer_list<Operand> reads,
+                    const Body& body) {
   const int64_t nblocks = (numel + kBlock - 1) / kBlock;
   at::parallel_for(0, nblocks, kGrainBlocks, [&](int64_t b0, int64_t b1) {
     alignas(64) float buf[kBlock];
     for (int64_t b = b0; b < b1; ++b) {
       const int64_t begin = b * kBlock;
       const int64_t n = std::min(kBlock, numel - begin);
+      prefetch_block(reads, begin, n);
       body(begin, n, DG_KERNEL(block_noise)(st, offset + begin, n, buf));
     }
   });
@@ -202,7 +227,7 @@ at::Tensor noise_cpu(const at::Tensor& like, double p, int64_t mode, int64_t see
   float* o = out.data_ptr<float>();
   const Stream st = make_stream(p, mode, seed);
   if (st.np.mode == dg::kNone) return out.fill_(1.0f);
-  for_each_block(out.numel(), offset, st, [&](int64_t begin, int64_t n, const float* nz) {
+  for_each_block(out.numel(), offset, st, {}, [&](int64_t begin, int64_t n, const float* nz) {
     std::copy(nz, nz + n, o + begin);
   });
   return out;
@@ -219,7 +244,7 @@ at::Tensor drop_grad_cpu(const at::Tensor& grad, double p, int64_t mode, int64_t
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, g.scalar_type(), "drop_grad", [&] {
     const scalar_t* gp = g.data_ptr<scalar_t>();
     scalar_t* op = out.data_ptr<scalar_t>();
-    for_each_block(g.numel(), offset, st, [&](int64_t b, int64_t n, const float* nz) {
+    for_each_block(g.numel(), offset, st, {operand(g)}, [&](int64_t b, int64_t n, const float* nz) {
       DG_KERNEL(drop_grad_range<scalar_t>)(gp + b, op + b, n, nz);
     });
   });
@@ -243,7 +268,8 @@ at::Tensor dropgrad_update_cpu(const at::Tensor& param, const at::Tensor& grad,
     const scalar_t* gp = gc.data_ptr<scalar_t>();
     const scalar_t* lp = l.vec.defined() ? l.vec.data_ptr<scalar_t>() : nullptr;
     scalar_t* op = out.data_ptr<scalar_t>();
-    for_each_block(pc.numel(), offset, st, [&](int64_t b, int64_t n, const float* nz) {
+    for_each_block(pc.numel(), offset, st, {operand(pc), operand(gc), {lp, pc.element_size()}},
+                   [&](int64_t b, int64_t n, const float* nz) {
       DG_KERNEL(update_range<scalar_t>)(pp + b, gp + b, lp ? lp + b : nullptr, l.scalar, op + b, n, nz);
     });
   });
@@ -284,7 +310,7 @@ void step_cpu(at::TensorList params, at::TensorList grads, at::TensorList lrs, d
       const size_t i = k * rows + b;
       items[i] = {static_cast<const char*>(w.data_ptr()) + b * bytes, static_cast<const char*>(g.data_ptr()) + b * bytes,
                   l.vec.defined() ? static_cast<const char*>(l.vec.data_ptr()) + b * lr_bytes : nullptr, l.scalar,
-                  static_cast<char*>(outs[k].data_ptr()) + b * bytes, row, start + b * list_span, run};
+                  static_cast<char*>(outs[k].data_ptr()) + b * bytes, row, w.element_size(), start + b * list_span, run};
       first_block[i + 1] = first_block[i] + (row + kBlock - 1) / kBlock;
     }
     keep.insert(keep.end(), {w, g, l.vec});
@@ -299,6 +325,7 @@ void step_cpu(at::TensorList params, at::TensorList grads, at::TensorList lrs, d
       const StepItem& it = items[k];
       const int64_t begin = (b - first_block[k]) * kBlock;
       const int64_t n = std::min(kBlock, it.numel - begin);
+      prefetch_block({{it.param, it.element_size}, {it.grad, it.element_size}, {it.lr_vec, it.element_size}}, begin, n);
       it.run(it, weight_decay, begin, n, DG_KERNEL(block_noise)(st, it.offset + begin, n, buf));
     }
   });
@@ -337,7 +364,7 @@ at::Tensor meta_dropout_cpu(const at::Tensor& f, const at::Tensor& a, bool deter
     const scalar_t* fp = fc.data_ptr<scalar_t>();
     const scalar_t* ap = ac.data_ptr<scalar_t>();
     scalar_t* op = out.data_ptr<scalar_t>();
-    for_each_block(fc.numel(), offset, st, [&](int64_t b, int64_t n, const float* nz) {
+    for_each_block(fc.numel(), offset, st, {operand(fc), operand(ac)}, [&](int64_t b, int64_t n, const float* nz) {
       DG_KERNEL(meta_dropout_range<scalar_t>)(fp + b, ap + b, op + b, n, nz);
     });
   });
@@ -362,7 +389,8 @@ std::tuple<at::Tensor, at::Tensor> meta_dropout_backward_cpu(const at::Tensor& g
     const scalar_t* ap = ac.data_ptr<scalar_t>();
     scalar_t* gfp = gf.data_ptr<scalar_t>();
     scalar_t* gap = ga.data_ptr<scalar_t>();
-    for_each_block(fc.numel(), offset, st, [&](int64_t b, int64_t n, const float* nz) {
+    for_each_block(fc.numel(), offset, st, {operand(gc), operand(fc), operand(ac)},
+                   [&](int64_t b, int64_t n, const float* nz) {
       DG_KERNEL(meta_dropout_backward_range<scalar_t>)(gp + b, fp + b, ap + b, gfp + b, gap + b, n, nz);
     });
   });
@@ -388,7 +416,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> meta_dropout_double_backward_cpu(
     const scalar_t *p0 = ggf.data_ptr<scalar_t>(), *p1 = gga.data_ptr<scalar_t>(), *p2 = gc.data_ptr<scalar_t>();
     const scalar_t *p3 = fc.data_ptr<scalar_t>(), *p4 = ac.data_ptr<scalar_t>();
     scalar_t *o0 = d_gout.data_ptr<scalar_t>(), *o1 = d_f.data_ptr<scalar_t>(), *o2 = d_a.data_ptr<scalar_t>();
-    for_each_block(fc.numel(), offset, st, [&](int64_t b, int64_t n, const float* nz) {
+    for_each_block(fc.numel(), offset, st, {operand(ggf), operand(gga), operand(gc), operand(fc), operand(ac)},
+                   [&](int64_t b, int64_t n, const float* nz) {
       DG_KERNEL(meta_dropout_double_backward_range<scalar_t>)(p0 + b, p1 + b, p2 + b, p3 + b, p4 + b, o0 + b, o1 + b, o2 + b, n, nz);
     });
   });
