@@ -1,7 +1,8 @@
 // Per-element math of the noise contract (docs/noise_contract.md), shared unchanged by the CPU
 // kernels (csrc/cpu) and the CUDA kernels (csrc/cuda). dropgrad_cuda/reference.py and the Triton
 // kernels spell out the same operations in the same order, so every backend agrees bit for bit
-// as long as no multiply-add is contracted into an FMA (built with -ffp-contract=off / --fmad=false).
+// as long as no multiply-add is contracted into an FMA (built with -ffp-contract=off / --fmad=false)
+// but the contract's own, written as fma_f.
 #pragma once
 #include <cstdint>
 #include <cmath>

@@ -104,8 +104,9 @@ namespace isa_avx512 {
 }  // namespace isa_avx512
 #pragma GCC pop_options
 
-// 0 baseline, 1 AVX2 with FMA, 2 AVX-512 (F, BW, DQ, VL; F includes FMA): the best this CPU runs, or DROPGRAD_CPU_ISA's
-// (default, avx2, avx512) if this CPU runs it; dg::set_cpu_isa changes it (the tests force each).
+// 0 baseline, 1 AVX2 with FMA, 2 AVX-512 (F, BW, DQ, VL; F includes FMA): the best this CPU runs,
+// or DROPGRAD_CPU_ISA's (default, avx2, avx512) if this CPU runs it; dg::set_cpu_isa changes it
+// (the tests force each).
 int best_cpu_isa() {
   __builtin_cpu_init();
   if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512dq") &&
@@ -325,7 +326,8 @@ void step_cpu(at::TensorList params, at::TensorList grads, at::TensorList lrs, d
       const StepItem& it = items[k];
       const int64_t begin = (b - first_block[k]) * kBlock;
       const int64_t n = std::min(kBlock, it.numel - begin);
-      prefetch_block({{it.param, it.element_size}, {it.grad, it.element_size}, {it.lr_vec, it.element_size}}, begin, n);
+      const int64_t esz = it.element_size;
+      prefetch_block({{it.param, esz}, {it.grad, esz}, {it.lr_vec, esz}}, begin, n);
       it.run(it, weight_decay, begin, n, DG_KERNEL(block_noise)(st, it.offset + begin, n, buf));
     }
   });
