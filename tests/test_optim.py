@@ -218,6 +218,10 @@ for name, kw in json.loads(sys.argv[1]).items():
 with open(os.path.join(os.environ["OUT"], f"rank{rank}.json"), "w") as fh:
     json.dump(out, fh)
 dist.destroy_process_group()
+# torch 2.14.1's DDP aborts in interpreter teardown in about 1 process of 6 ("terminate called
+# without an active exception"; measured with torch.optim.SGD alone, this package not imported):
+# the results are written, so leave without the teardown.
+os._exit(0)
 """
 
 
